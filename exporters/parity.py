@@ -1,0 +1,126 @@
+"""Output parity between a source model and its export, with one tolerance per precision.
+
+Every exporter runs both models on the same real input batches after writing and refuses an
+artifact whose logits drift beyond its precision's tolerance. Deployment bundles reuse the same
+comparison against their golden outputs.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+
+from exporters.spec import Precision
+
+# fp32 is held to an absolute bound; fp16 to a bound relative to the logits' scale (half precision
+# keeps ~3 significant digits, so the error grows with magnitude); int8 moves logits by design, so
+# only the decision (top-1 class) is checked.
+FP32_MAX_ABS = 1e-3
+FP16_MAX_REL = 5e-2
+MIN_AGREEMENT = {Precision.FP32: 0.999, Precision.FP16: 0.99, Precision.INT8: 0.95}
+
+RunFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    """How closely an artifact's logits follow the reference's, and whether that is close enough."""
+
+    precision: str
+    n_samples: int
+    max_abs_diff: float
+    top1_agreement: float
+    max_abs_tolerance: float | None  # None: not checked (int8)
+    min_agreement: float
+    passed: bool
+
+    def describe(self) -> str:
+        bound = "not checked" if self.max_abs_tolerance is None else f"<= {self.max_abs_tolerance:.3g}"
+        return (
+            f"max |Δ| = {self.max_abs_diff:.3g} (tolerance {bound}), top-1 agreement = "
+            f"{self.top1_agreement:.4f} (minimum {self.min_agreement}) over {self.n_samples} inputs "
+            f"at {self.precision}"
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ParityError(AssertionError):
+    """An artifact's outputs do not match its source's within the precision's tolerance."""
+
+    def __init__(self, message: str, result: ParityResult | None = None):
+        super().__init__(message)
+        self.result = result
+
+
+def max_abs_tolerance(ref: np.ndarray, precision: Precision) -> float | None:
+    """The |Δ| bound for `precision` given the reference logits (None where |Δ| is not checked)."""
+    if precision is Precision.FP32:
+        return FP32_MAX_ABS
+    if precision is Precision.FP16:
+        scale = float(np.max(np.abs(ref))) if ref.size else 1.0
+        return FP16_MAX_REL * max(1.0, scale)
+    return None
+
+
+def compare_logits(ref: np.ndarray, out: np.ndarray, precision: Precision | str) -> ParityResult:
+    """Compare two (N, classes) logit arrays under `precision`'s tolerance."""
+    precision = Precision.parse(precision)
+    ref = np.asarray(ref, dtype=np.float64)
+    out = np.asarray(out, dtype=np.float64)
+    if ref.shape != out.shape:
+        raise ParityError(
+            f"output shape {out.shape} differs from the reference's {ref.shape}: "
+            "the artifact was exported with another head or input size"
+        )
+    ref2, out2 = ref.reshape(len(ref), -1), out.reshape(len(out), -1)
+    finite = bool(np.all(np.isfinite(out2)))
+    max_abs = float(np.max(np.abs(ref2 - out2))) if finite and ref2.size else float("inf")
+    agreement = float(np.mean(ref2.argmax(axis=1) == out2.argmax(axis=1))) if len(ref2) else 0.0
+    tol = max_abs_tolerance(ref2, precision)
+    min_agree = MIN_AGREEMENT[precision]
+    passed = finite and len(ref2) > 0 and agreement >= min_agree and (tol is None or max_abs <= tol)
+    return ParityResult(precision.value, len(ref2), max_abs, agreement, tol, min_agree, passed)
+
+
+def run_in_chunks(fn: RunFn, batch: np.ndarray, fixed_batch: int | None) -> np.ndarray:
+    """Run `fn` over `batch`, in slices of `fixed_batch` when the model's batch size is fixed.
+
+    A short last slice is padded by repeating its last sample and the padding's outputs dropped.
+    """
+    if not fixed_batch or fixed_batch == len(batch):
+        return np.asarray(fn(batch))
+    outs = []
+    for start in range(0, len(batch), fixed_batch):
+        part = batch[start:start + fixed_batch]
+        n = len(part)
+        if n < fixed_batch:
+            part = np.concatenate([part, np.repeat(part[-1:], fixed_batch - n, axis=0)])
+        outs.append(np.asarray(fn(part))[:n])
+    return np.concatenate(outs)
+
+
+def check_export(
+    ref_fn: RunFn,
+    out_fn: RunFn,
+    batches: Iterable[np.ndarray],
+    precision: Precision | str,
+    artifact: str = "artifact",
+) -> ParityResult:
+    """Run reference and artifact on the same batches; return the result or raise ParityError."""
+    refs, outs = [], []
+    for batch in batches:
+        refs.append(np.asarray(ref_fn(batch)))
+        outs.append(np.asarray(out_fn(batch)))
+    if not refs:
+        raise ValueError(f"parity check for {artifact} got no input batches")
+    result = compare_logits(np.concatenate(refs), np.concatenate(outs), precision)
+    if not result.passed:
+        raise ParityError(
+            f"parity check failed for {artifact}: {result.describe()}. The export does not "
+            "reproduce its source; check the source model, input preprocessing and precision.",
+            result,
+        )
+    return result

@@ -1,0 +1,135 @@
+"""The edgeship command line. Heavy libraries load only inside the commands that need them."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from pipeline.stage_order import STAGE_NAMES
+
+EXIT_FAIL, EXIT_USAGE, EXIT_NOT_BUILT, EXIT_LOCKED = 1, 2, 3, 4
+
+EPILOG = """\
+stages, in order (each reads the manifests of the ones before it):
+  finetune   fine-tune a pretrained backbone on your data (the teacher)
+  distill    distil the teacher into a compact student
+  prune      structured channel pruning of the student, accuracy recovered
+  quantize   INT8 Q/DQ ONNX from calibration data, accuracy-aware
+  export     ONNX, OpenVINO IR and TensorRT engines, each checked against the source
+  benchmark  accuracy and latency of every artifact on every runtime
+  report     report.json / .md / .html
+  check      budgets -> exit code (CI gate)
+
+examples:
+  edgeship run -c configs/default.yaml              the whole pipeline
+  edgeship run finetune -c configs/default.yaml     one stage (and what it needs)
+  edgeship run -c cfg.yaml --set prune.ratio=0.4    override a value
+  edgeship run -c cfg.yaml --force prune            re-run one stage
+  edgeship status -c configs/default.yaml           cached / stale / not run
+"""
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", default="configs/default.yaml", help="YAML config file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set finetune.train.epochs=3 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgeship", description="Turn a pretrained backbone and a labelled dataset into a small, "
+        "fast, verified model for CPU, desktop GPU or Jetson.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the pipeline (or up to one stage) through the cache")
+    p.add_argument("stage", nargs="?", choices=STAGE_NAMES, help="stop after this stage")
+    _config_args(p)
+    p.add_argument("--force", action="append", default=[], choices=STAGE_NAMES, metavar="STAGE",
+                   help="re-run this stage even when cached (repeatable)")
+
+    p = sub.add_parser("status", help="for each stage: cached, stale or not run, with its key")
+    _config_args(p)
+
+    p = sub.add_parser("config", help="show the resolved config or its JSON Schema")
+    csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    _config_args(csub.add_parser("show", help="print the resolved config (defaults filled in)"))
+    csub.add_parser("schema", help="print the JSON Schema (for editor completion)")
+
+    sub.add_parser("runtimes", help="list inference runtimes, versions, devices, or why unavailable")
+
+    p = sub.add_parser("compare", help="what changed between two runs' reports")
+    p.add_argument("run_a", help="a report.json, or a folder holding one")
+    p.add_argument("run_b", help="a report.json, or a folder holding one")
+    return parser
+
+
+def _cmd_run(args) -> int:
+    from pipeline import runner
+    from pipeline.config_load import load_config
+    cfg = load_config(args.config, args.set)
+    runner.run(cfg, target=args.stage, force=frozenset(args.force))
+    return 0
+
+
+def _cmd_status(args) -> int:
+    from pipeline import runner
+    from pipeline.config_load import load_config
+    runner.print_status(runner.status(load_config(args.config, args.set)))
+    return 0
+
+
+def _cmd_config(args) -> int:
+    import yaml
+    if args.config_command == "schema":
+        from pipeline.config import Config
+        print(json.dumps(Config.model_json_schema(), indent=2))
+        return 0
+    from pipeline.config_load import load_config
+    cfg = load_config(args.config, args.set)
+    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
+def _cmd_runtimes(args) -> int:
+    import runtimes
+    for row in runtimes.describe():
+        state = f"unavailable: {row['unavailable']}" if row.get("unavailable") else \
+            "devices: " + ", ".join(row.get("devices") or [])
+        print(f"{row['name']:<12} {row.get('version') or '-':<12} {state}")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from pipeline.report.compare import compare_reports
+    print(compare_reports(args.run_a, args.run_b))
+    return 0
+
+
+COMMANDS = {"run": _cmd_run, "status": _cmd_status, "config": _cmd_config,
+            "runtimes": _cmd_runtimes, "compare": _cmd_compare}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from pipeline.config_load import ConfigError
+    from pipeline.stages.base import StageNotBuilt
+    from pipeline.store import StoreLocked
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except StageNotBuilt as e:
+        print(f"edgeship: {e}", file=sys.stderr)
+        return EXIT_NOT_BUILT
+    except StoreLocked as e:
+        print(f"edgeship: {e}", file=sys.stderr)
+        return EXIT_LOCKED
+    except KeyboardInterrupt:
+        print("edgeship: interrupted; nothing half-written was committed", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""The typed configuration: one YAML file, validated here, strings become enums at this boundary."""
+from __future__ import annotations
+
+from enum import Enum
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False)
+
+
+# ---------------------------------------------------------------- enums
+class DataKind(str, Enum):
+    digits = "digits"
+    synthetic_digits = "synthetic-digits"
+    imagefolder = "imagefolder"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Strategy(str, Enum):
+    linear_probe = "linear_probe"
+    full = "full"
+    gradual_unfreeze = "gradual_unfreeze"
+
+
+class Adaptation(str, Enum):
+    none = "none"
+    dann = "dann"
+
+
+class Importance(str, Enum):
+    l1 = "l1"
+    l2 = "l2"
+    bn_scale = "bn_scale"
+    taylor = "taylor"
+
+
+class QuantMethod(str, Enum):
+    onnxruntime = "onnxruntime"
+    nncf = "nncf"
+
+
+class CalibMethod(str, Enum):
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
+class RuntimeName(str, Enum):
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+    tensorrt = "tensorrt"
+
+
+# ---------------------------------------------------------------- sections
+class DataSpec(Strict):
+    """Where images come from. `root` is an ImageFolder tree: root/train/<class>/*, root/val/<class>/*."""
+
+    kind: DataKind = DataKind.digits
+    root: Optional[str] = None
+    skip_corrupt: bool = False
+    synthetic_size: int = Field(3000, ge=10, description="images rendered for synthetic-digits")
+    val_fraction: float = Field(0.25, gt=0, lt=1, description="held-out share for built-in datasets")
+
+    @model_validator(mode="after")
+    def _root_for_imagefolder(self):
+        if self.kind == DataKind.imagefolder and not self.root:
+            raise ValueError("data.root is required when data.kind is 'imagefolder' "
+                             "(set it to a folder holding train/<class>/ and val/<class>/)")
+        return self
+
+
+class Augment(Strict):
+    random_resized_crop: Optional[tuple[float, float]] = Field(
+        (0.8, 1.0), description="scale range of RandomResizedCrop; null disables")
+    hflip: bool = False
+    rotation_deg: float = Field(0.0, ge=0, le=180)
+    color_jitter: float = Field(0.0, ge=0, le=1)
+
+
+class Train(Strict):
+    """Settings of the one training loop shared by every training stage."""
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    patience: int = Field(5, ge=1, description="epochs without val improvement before stopping")
+    warmup_epochs: int = Field(0, ge=0)
+    augment: Augment = Augment()
+    amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
+
+
+class Run(Strict):
+    name: str = "default"
+    store: str = Field("runs", description="artifact store root")
+    seed: int = 0
+    device: Device = Device.auto
+    threads: int = Field(2, ge=1, description="CPU threads for training and evaluation")
+    num_workers: int = Field(0, ge=0, description="data-loader worker processes")
+
+
+class DannConfig(Strict):
+    target: DataSpec = DataSpec(kind=DataKind.digits)
+    weight: float = Field(1.0, gt=0, description="final weight of the domain loss (lambda)")
+    gamma: float = Field(10.0, gt=0, description="ramp steepness: lambda_p = 2/(1+exp(-gamma p)) - 1")
+    hidden: int = Field(256, ge=8, description="domain classifier hidden width")
+
+
+class Finetune(Strict):
+    backbone: str = "efficientnet_lite2"
+    weights: str = Field("pretrained", description="pretrained | none | path to a checkpoint")
+    input_size: Optional[int] = Field(None, ge=16, description="override the backbone's input size")
+    crop_pct: Optional[float] = Field(None, gt=0, le=1, description="override the centre-crop share")
+    strategy: Strategy = Strategy.full
+    unfreeze_every: int = Field(1, ge=1, description="gradual_unfreeze: epochs between unfreezing a block")
+    layer_decay: float = Field(1.0, gt=0, le=1, description="layer-wise lr decay (1.0: off)")
+    drop_rate: float = Field(0.2, ge=0, lt=1)
+    train: Train = Train()
+    adaptation: Adaptation = Adaptation.none
+    dann: DannConfig = DannConfig()
+    negative_transfer_check: bool = False
+
+
+class Distill(Strict):
+    student: str = "efficientnet_lite0"
+    weights: str = "pretrained"
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft (teacher) loss")
+    drop_rate: float = Field(0.2, ge=0, lt=1)
+    compare_alone: bool = Field(True, description="also train the student alone, same budget")
+    train: Train = Train()
+
+
+class Prune(Strict):
+    importance: Importance = Importance.l2
+    global_pruning: bool = False
+    ratio: Optional[float] = Field(0.5, gt=0, lt=1, description="fraction of MACs to remove")
+    latency_budget_ms: Optional[float] = Field(None, gt=0)
+    budget_runtime: RuntimeName = RuntimeName.onnxruntime
+    budget_threads: int = Field(2, ge=1)
+    steps: int = Field(3, ge=1)
+    round_to: int = Field(8, ge=1)
+    ignored_layers: list[str] = Field(default_factory=list)
+    layer_ratios: dict[str, float] = Field(default_factory=dict)
+    recover: Train = Train(epochs=3, lr=2e-4)
+
+    @model_validator(mode="after")
+    def _one_target(self):
+        if self.ratio is None and self.latency_budget_ms is None:
+            raise ValueError("prune needs prune.ratio or prune.latency_budget_ms")
+        return self
+
+
+class Calibration(Strict):
+    size: int = Field(300, ge=1)
+    seed: int = 0
+    method: CalibMethod = CalibMethod.minmax
+
+
+class Quantize(Strict):
+    method: QuantMethod = QuantMethod.onnxruntime
+    calibration: Calibration = Calibration()
+    per_channel: bool = True
+    max_accuracy_drop: float = Field(1.0, ge=0, description="points of val top-1")
+    sensitivity_samples: int = Field(200, ge=1)
+
+
+class TensorRT(Strict):
+    precisions: list[str] = Field(default_factory=lambda: ["fp16", "int8"])
+    optimization_level: int = Field(3, ge=0, le=5)
+    workspace_mb: int = Field(1024, ge=16)
+    use_trtexec: bool = False
+
+
+class Export(Strict):
+    opset: int = Field(18, ge=17)
+    dynamic_batch: bool = False
+    openvino_precisions: list[str] = Field(default_factory=lambda: ["fp32", "fp16", "int8"])
+    tensorrt: TensorRT = TensorRT()
+    golden_inputs: int = Field(8, ge=1)
+
+
+class Benchmark(Strict):
+    runtimes: list[RuntimeName] = Field(default_factory=lambda: list(RuntimeName))
+    batch_sizes: list[int] = Field(default_factory=lambda: [1])
+    warmup: int = Field(10, ge=0)
+    min_iterations: int = Field(50, ge=1)
+    min_seconds: float = Field(2.0, ge=0)
+    threads: int = Field(2, ge=1)
+    cuda: bool = Field(True, description="also benchmark on a CUDA GPU when one is present")
+
+
+class Check(Strict):
+    min_accuracy: Optional[float] = Field(None, description="val top-1 (%) of the deployed model")
+    max_accuracy_drop: Optional[float] = Field(None, description="points below the teacher")
+    max_p90_ms: dict[str, float] = Field(default_factory=dict, description="'runtime/device' -> ms")
+    max_size_mb: Optional[float] = None
+    junit: str = "check-junit.xml"
+
+
+class Config(Strict):
+    run: Run = Run()
+    data: DataSpec = DataSpec()
+    finetune: Finetune = Finetune()
+    distill: Distill = Distill()
+    prune: Prune = Prune()
+    quantize: Quantize = Quantize()
+    export: Export = Export()
+    benchmark: Benchmark = Benchmark()
+    check: Check = Check()

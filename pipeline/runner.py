@@ -1,0 +1,179 @@
+"""Run the stages in order through the cache: a stage runs only when its key has no committed entry."""
+from __future__ import annotations
+
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.config import Config
+from pipeline.hashing import sha256_json
+from pipeline.stages import STAGE_NAMES, STAGES
+from pipeline.stages.base import Context, Stage, StageNotBuilt
+from pipeline.store import Manifest, Store
+
+
+@dataclass
+class Outcome:
+    stage: str
+    status: str          # "cached" | "ran" | "stale" | "not run" | "waiting"
+    key: str | None
+    finished: float | None = None
+    seconds: float | None = None
+
+
+def _stage(name: str, stages: tuple[Stage, ...] = STAGES) -> Stage:
+    for s in stages:
+        if s.name == name:
+            return s
+    if name in STAGE_NAMES:
+        raise StageNotBuilt(f"stage '{name}' is not built yet in this version of edgeship")
+    raise ValueError(f"unknown stage '{name}' (stages: {', '.join(STAGE_NAMES)})")
+
+
+def plan(target: str | None, stages: tuple[Stage, ...] = STAGES) -> list[Stage]:
+    """The stages needed to produce `target` (all when None), in pipeline order."""
+    if target is None:
+        return list(stages)
+    needed, todo = set(), [target]
+    while todo:
+        name = todo.pop()
+        if name not in needed:
+            needed.add(name)
+            todo.extend(_stage(name, stages).deps)
+    return [s for s in stages if s.name in needed]
+
+
+def stage_key(stage: Stage, cfg: Config, inputs: dict[str, Manifest]) -> str:
+    """Content key: stage name + version, its params, the hashes of its inputs (+ environment)."""
+    material = {
+        "stage": stage.name, "version": stage.version, "params": stage.params(cfg),
+        "inputs": {d: {k: a.sha256 for k, a in sorted(m.outputs.items())}
+                   for d, m in sorted(inputs.items())},
+    }
+    if stage.machine_dependent:
+        from pipeline.environment import environment_fingerprint
+        material["environment"] = environment_fingerprint()
+    return sha256_json(material)[:16]
+
+
+def _light_environment() -> dict:
+    import importlib.metadata as md
+    versions = {}
+    for pkg in ("torch", "timm", "onnx", "onnxruntime", "openvino", "nncf", "torch-pruning"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    return {"python": platform.python_version(), "platform": platform.platform(),
+            "machine": platform.machine(), "packages": versions}
+
+
+def _execute(stage: Stage, cfg: Config, store: Store, key: str, inputs: dict[str, Manifest],
+             main_process: bool) -> Manifest | None:
+    staging = (store.staging_dir(stage.name, key) if main_process
+               else Path(tempfile.mkdtemp(prefix=f"edgeship-{stage.name}-")))
+    started = time.time()
+    try:
+        result = stage.run(Context(cfg=cfg, inputs=inputs, out_dir=staging, store_root=store.root))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if not main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        return None
+    finished = time.time()
+    manifest = Manifest(
+        stage=stage.name, version=stage.version, key=key, params=stage.params(cfg),
+        inputs={d: {"key": m.key, "outputs": {k: a.sha256 for k, a in m.outputs.items()}}
+                for d, m in inputs.items()},
+        outputs=result.outputs, metrics=result.metrics, environment=_light_environment(),
+        timings={"started": started, "finished": finished, "seconds": round(finished - started, 3)})
+    return store.commit(staging, manifest)
+
+
+def run(cfg: Config, target: str | None = None, force: frozenset[str] = frozenset(),
+        log=print, stages: tuple[Stage, ...] = STAGES) -> list[Outcome]:
+    """Run (or reuse) every stage up to `target`. Under torchrun only rank 0 writes the store."""
+    from pipeline.train.distributed import barrier, world
+    w = world()
+    store = Store(cfg.run.store)
+    todo = plan(target, stages)
+    for name in force:
+        _stage(name, stages)
+    outcomes: list[Outcome] = []
+    with store if w.is_main else _NoLock():
+        manifests: dict[str, Manifest] = {}
+        for stage in todo:
+            inputs = {d: manifests[d] for d in stage.deps}
+            key = stage_key(stage, cfg, inputs)
+            hit = store.get(stage.name, key)
+            if hit and stage.name not in force:
+                log(f"{stage.name:<10} cached   key {key}  ({_when(hit.timings.get('finished'))})")
+                outcomes.append(Outcome(stage.name, "cached", key, hit.timings.get("finished")))
+                manifests[stage.name] = hit
+                continue
+            log(f"{stage.name:<10} running  key {key}")
+            t0 = time.time()
+            manifest = _execute(stage, cfg, store, key, inputs, w.is_main)
+            barrier()
+            if not w.is_main:
+                manifest = store.get(stage.name, key)
+            seconds = time.time() - t0
+            log(f"{stage.name:<10} done     key {key}  in {seconds:.1f}s")
+            outcomes.append(Outcome(stage.name, "ran", key, time.time(), seconds))
+            manifests[stage.name] = manifest
+    if target is None:
+        for name in STAGE_NAMES:
+            if not any(s.name == name for s in stages):
+                log(f"{name:<10} not built yet in this version of edgeship")
+    return outcomes
+
+
+class _NoLock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "?"
+
+
+def status(cfg: Config, stages: tuple[Stage, ...] = STAGES) -> list[Outcome]:
+    """For each stage: cached (its current key is committed), stale (only other keys), or not run."""
+    store = Store(cfg.run.store)
+    manifests: dict[str, Manifest] = {}
+    out = []
+    for name in STAGE_NAMES:
+        try:
+            stage = _stage(name, stages)
+        except StageNotBuilt:
+            out.append(Outcome(name, "not built", None))
+            continue
+        if any(d not in manifests for d in stage.deps):
+            older = store.entries(name)
+            out.append(Outcome(name, "stale" if older else "waiting", None,
+                               older[0].timings.get("finished") if older else None))
+            continue
+        key = stage_key(stage, cfg, {d: manifests[d] for d in stage.deps})
+        hit = store.get(name, key)
+        if hit:
+            manifests[name] = hit
+            out.append(Outcome(name, "cached", key, hit.timings.get("finished")))
+        else:
+            older = store.entries(name)
+            out.append(Outcome(name, "stale" if older else "not run", key,
+                               older[0].timings.get("finished") if older else None))
+    return out
+
+
+def print_status(outcomes: list[Outcome], stream=sys.stdout) -> None:
+    for o in outcomes:
+        when = _when(o.finished) if o.finished else "-"
+        print(f"{o.stage:<10} {o.status:<9} key {o.key or '-':<16}  last run {when}", file=stream)

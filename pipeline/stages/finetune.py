@@ -1,0 +1,58 @@
+"""finetune: transfer a pretrained backbone to the target classes (the teacher)."""
+from __future__ import annotations
+
+from pipeline.config import Adaptation, Config
+from pipeline.stages.base import Context, Result, Stage
+from pipeline.stages.common import (count_macs, count_params, data_params, datasets, save_model,
+                                    setup_torch)
+
+
+def params(cfg: Config) -> dict:
+    return {**data_params(cfg), "finetune": cfg.finetune.model_dump(mode="json"), "seed": cfg.run.seed}
+
+
+def train_teacher(cfg: Config, device, weights: str, desc: str):
+    """Build and fine-tune the configured backbone; returns (model, spec, preprocessing, FitResult)."""
+    import torch
+    from pipeline.data import load_splits
+    from pipeline.models.layers import param_groups
+    from pipeline.models.registry import ModelSpec, build_model, model_preprocessing
+    from pipeline.train.freezing import Freezer
+    from pipeline.train.loop import fit
+
+    ft = cfg.finetune
+    classes = load_splits(cfg.data, cfg.run.seed).classes
+    spec = ModelSpec(ft.backbone, len(classes), ft.drop_rate)
+    torch.manual_seed(cfg.run.seed)      # the new head's initialisation is part of the run's seed
+    model = build_model(spec, weights)
+    pre = model_preprocessing(spec, classes, ft.input_size, ft.crop_pct)
+    _, train_set, val_set = datasets(cfg, pre, ft.train.augment)
+    freezer = Freezer(model, ft.strategy, ft.unfreeze_every)
+    groups = param_groups(model, ft.train.lr, ft.train.weight_decay, ft.layer_decay)
+    loss_fn = None
+    if ft.adaptation == Adaptation.dann:
+        from pipeline.train.dann import dann_loss
+        loss_fn, extra = dann_loss(model, cfg, pre, device)
+        groups = groups + extra
+    result = fit(model, train_set, val_set, ft.train, device, cfg.run.seed, groups, loss_fn=loss_fn,
+                 on_epoch_start=freezer.apply, desc=desc, num_workers=cfg.run.num_workers)
+    return model, spec, pre, result
+
+
+def run(ctx: Context) -> Result:
+    cfg = ctx.cfg
+    device = setup_torch(cfg)
+    model, spec, pre, result = train_teacher(cfg, device, cfg.finetune.weights, "finetune")
+    metrics = {"val_top1": result.best_top1, "best_epoch": result.best_epoch,
+               "history": result.history, "train_seconds": round(result.seconds, 2),
+               "params": count_params(model), "macs": count_macs(model.cpu(), pre),
+               "device": str(device)}
+    if cfg.finetune.negative_transfer_check:
+        from pipeline.stages.negative_transfer import scratch_baseline
+        metrics["negative_transfer"] = scratch_baseline(cfg, device, result.best_top1)
+    artifact = save_model(model, spec, pre, ctx.out_dir)
+    return Result(outputs={"model": artifact}, metrics=metrics)
+
+
+STAGE = Stage(name="finetune", version=1, deps=(), params=params, run=run,
+              help="fine-tune a pretrained backbone on the dataset (the teacher)")

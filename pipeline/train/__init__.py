@@ -1,0 +1,1 @@
+"""The one training/evaluation loop shared by finetune, distill and prune recovery."""

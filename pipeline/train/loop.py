@@ -1,0 +1,166 @@
+"""fit() and evaluate(): seeded, early-stopped, best-checkpoint training on CPU or CUDA, under torchrun too."""
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import Train
+from pipeline.train.distributed import ShardedBatchSampler, World, world
+from pipeline.train.freezing import freeze_frozen_norms
+
+# loss_fn(model, x, y, idx, progress in [0, 1]) -> (loss, logits)
+LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, float],
+                  tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class FitResult:
+    best_top1: float
+    best_epoch: int
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class _Indexed(torch.utils.data.Dataset):
+    """Adds the sample index, so losses can look up per-sample data (cached teacher logits)."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        x, y = self.ds[i]
+        return x, y, i
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("run.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if device.type == "cuda" and enabled:
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cpu", enabled=False)
+
+
+def cross_entropy(label_smoothing: float = 0.0) -> LossFn:
+    def loss(model, x, y, idx, progress):
+        logits = model(x)
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
+    return loss
+
+
+@torch.no_grad()
+def predict(model, dataset, device: torch.device, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, targets) over a whole dataset, in order, in eval mode."""
+    was_training = model.training
+    model.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    logits, targets = [], []
+    for x, y in loader:
+        logits.append(model(x.to(device)).float().cpu())
+        targets.append(torch.as_tensor(y))
+    model.train(was_training)
+    return torch.cat(logits), torch.cat(targets)
+
+
+def evaluate(model, dataset, device: torch.device, batch_size: int = 256) -> dict:
+    """Val top-1 (%) and mean cross-entropy."""
+    logits, targets = predict(model, dataset, device, batch_size)
+    return {"top1": 100.0 * (logits.argmax(1) == targets).float().mean().item(),
+            "loss": F.cross_entropy(logits, targets).item()}
+
+
+def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def fit(model, train_set, val_set, cfg: Train, device: torch.device, seed: int,
+        param_groups: list[dict], loss_fn: Optional[LossFn] = None,
+        on_epoch_start: Optional[Callable[[torch.nn.Module, int], None]] = None,
+        desc: str = "train", num_workers: int = 0) -> FitResult:
+    """Train with AdamW + warm-up/cosine schedule, early stopping on val top-1, best weights restored.
+
+    `param_groups` carry an `lr_scale` (layer-wise decay). Under torchrun the model is wrapped in
+    DDP and each rank takes its share of every global batch (see ShardedBatchSampler).
+    """
+    from tqdm import tqdm
+    w: World = world()
+    torch.manual_seed(seed)
+    loss_fn = loss_fn or cross_entropy(cfg.label_smoothing)
+    model.to(device)
+    sampler = ShardedBatchSampler(len(train_set), cfg.batch_size, seed, w)
+    loader = torch.utils.data.DataLoader(_Indexed(train_set), batch_sampler=sampler,
+                                         num_workers=num_workers)
+    optimizer = torch.optim.AdamW(param_groups, lr=cfg.lr)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp
+                                  and not torch.cuda.is_bf16_supported())
+    total, warmup = cfg.epochs * len(sampler), cfg.warmup_epochs * len(sampler)
+    best = FitResult(best_top1=-1.0, best_epoch=-1)
+    best_state, since_best, step, start = None, 0, 0, time.time()
+    net, trainable = model, None
+    for epoch in range(cfg.epochs):
+        if on_epoch_start:
+            on_epoch_start(model, epoch)
+        now_trainable = tuple(p.requires_grad for p in model.parameters())
+        if w.distributed and now_trainable != trainable:  # DDP buckets follow requires_grad
+            net = torch.nn.parallel.DistributedDataParallel(model)
+        trainable = now_trainable
+        sampler.set_epoch(epoch)
+        if hasattr(train_set, "set_epoch"):
+            train_set.set_epoch(epoch)
+        model.train()
+        freeze_frozen_norms(model)
+        seen, correct, loss_sum = 0, 0, 0.0
+        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stderr,
+                   disable=True if not w.is_main else None)  # None: off when not a TTY
+        for x, y, idx in bar:
+            for g in optimizer.param_groups:
+                g["lr"] = _lr_at(step, total, warmup, cfg.lr) * g.get("lr_scale", 1.0)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with _autocast(device, cfg.amp):
+                loss, logits = loss_fn(net, x, y, idx, step / max(1, total))
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            seen += len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            loss_sum += loss.item() * len(y)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+        val = evaluate(model, val_set, device)
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen),
+               "train_top1": 100.0 * correct / max(1, seen), "val_top1": val["top1"],
+               "val_loss": val["loss"], "lr": _lr_at(max(0, step - 1), total, warmup, cfg.lr)}
+        best.history.append(row)
+        if w.is_main:
+            print(f"  {desc} epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} "
+                  f"train {row['train_top1']:.2f}% val {val['top1']:.2f}%", file=sys.stderr, flush=True)
+        if val["top1"] > best.best_top1:
+            best.best_top1, best.best_epoch, since_best = val["top1"], epoch + 1, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            since_best += 1
+            if since_best >= cfg.patience:
+                break
+    model.load_state_dict(best_state)
+    best.seconds = time.time() - start
+    return best

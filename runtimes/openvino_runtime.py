@@ -1,0 +1,130 @@
+"""OpenVINO: runs IR (.xml with its .bin) and .onnx files, compiled for latency.
+
+On CPUs with bfloat16 support OpenVINO's default inference precision is bf16, not f32: the
+compiled precision is reported in `OpenVinoSession.properties`, and `inference_precision="f32"`
+pins full precision when outputs must match other runtimes closely.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from runtimes.base import as_batch, package_version, unimportable_reason
+
+NAME = "openvino"
+FORMATS = ("openvino", "onnx")
+DEFAULT_DEVICE = "cpu"
+
+_PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16", "f16": "f16", "fp16": "f16"}
+# Compiled-model properties worth reporting next to a latency number.
+_REPORTED = ("PERFORMANCE_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS",
+             "INFERENCE_PRECISION_HINT", "ENABLE_CPU_PINNING", "EXECUTION_DEVICES")
+
+
+def version() -> str | None:
+    """Installed OpenVINO version, or None."""
+    return package_version("openvino", "openvino")
+
+
+def unavailable(device: str = "cpu") -> str | None:
+    """Why `device` cannot be used with OpenVINO, or None."""
+    reason = unimportable_reason("openvino", "openvino", "openvino")
+    if reason:
+        return reason
+    try:
+        found = devices()
+    except Exception as exc:  # a plugin that fails to enumerate must not crash a listing
+        return f"OpenVINO could not list its devices ({type(exc).__name__}: {exc})"
+    if device.lower() not in found and device.lower().split(".")[0] not in found:
+        return f"OpenVINO device {device!r} is not present; available: {', '.join(found) or 'none'}"
+    return None
+
+
+def devices() -> list[str]:
+    """OpenVINO's available devices, lower-cased (e.g. ["cpu"], ["cpu", "gpu.0", "npu"])."""
+    if unimportable_reason("openvino", "openvino", "openvino"):
+        return []
+    import openvino as ov
+
+    return [name.lower() for name in ov.Core().available_devices]
+
+
+def compile_config(device: str, threads: int | None,
+                   inference_precision: str | None = None) -> dict[str, str]:
+    """The properties this runtime compiles with, as strings (also usable by benchmark_app).
+
+    Latency hint everywhere; on CPU also one stream and `threads` inference threads, so one
+    request uses exactly the cores it was given.
+    """
+    import openvino.properties as props
+    import openvino.properties.hint as hints
+
+    config = {hints.performance_mode(): "LATENCY"}
+    if device.lower().startswith("cpu"):
+        config[props.streams.num()] = "1"
+        if threads:
+            config[props.inference_num_threads()] = str(int(threads))
+    if inference_precision is not None:
+        key = inference_precision.lower()
+        if key not in _PRECISIONS:
+            raise ValueError(f"inference_precision {inference_precision!r} is not one of "
+                             f"{sorted(_PRECISIONS)}")
+        config[hints.inference_precision()] = _PRECISIONS[key]
+    return config
+
+
+class OpenVinoSession:
+    """One compiled model and a single InferRequest (the latency configuration)."""
+
+    def __init__(self, compiled) -> None:
+        self._compiled = compiled
+        self._request = compiled.create_infer_request()
+        self.properties = {key: _property(compiled, key) for key in _REPORTED}
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        # share_inputs/share_outputs skip two copies; the output is copied once here because
+        # the request reuses its buffer on the next call.
+        self._request.infer({0: as_batch(batch)}, share_inputs=True, share_outputs=True)
+        return self._request.get_output_tensor(0).data.copy()
+
+    def sync(self) -> None:
+        # infer() is synchronous: it returns after the device finished.
+        return None
+
+
+def load(model, device: str = "cpu", threads: int | None = None,
+         inference_precision: str | None = None) -> OpenVinoSession:
+    """Compile an IR/ONNX path (or an openvino.Model) on `device` with a latency configuration.
+
+    `inference_precision` ("f32", "bf16", "f16") overrides the device default precision.
+    """
+    reason = unavailable(device)
+    if reason:
+        raise RuntimeError(f"cannot load on openvino device {device!r}: {reason}")
+    import openvino as ov
+
+    core = ov.Core()
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        if not path.is_file():
+            raise FileNotFoundError(f"OpenVINO model {str(path)!r} does not exist")
+        if path.suffix == ".xml" and not path.with_suffix(".bin").is_file():
+            raise FileNotFoundError(f"OpenVINO IR {str(path)!r} has no weights file "
+                                    f"{str(path.with_suffix('.bin'))!r} beside it")
+        model = core.read_model(str(path))
+    config = compile_config(device, threads, inference_precision)
+    compiled = core.compile_model(model, device.upper(), config)
+    return OpenVinoSession(compiled)
+
+
+def _property(compiled, key: str) -> str | None:
+    try:
+        value = compiled.get_property(key)
+    except Exception:  # not every device reports every property
+        return None
+    if hasattr(value, "get_type_name"):  # openvino.Type, e.g. bf16
+        return value.get_type_name()
+    if hasattr(value, "name") and not isinstance(value, str):  # enums, e.g. PerformanceMode
+        return str(value.name)
+    return str(value)
