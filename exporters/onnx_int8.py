@@ -83,13 +83,12 @@ def choose_scheme(scheme: QuantScheme | str | None = None, cpuinfo: str | None =
 def _ort_types(scheme: QuantScheme):
     from onnxruntime.quantization import QuantType
 
+    u8, s8, sym_w = QuantType.QUInt8, QuantType.QInt8, {"WeightSymmetric": True}
     table = {  # scheme -> (activation type, weight type, reduce_range, extra options)
-        QuantScheme.U8S8: (QuantType.QUInt8, QuantType.QInt8, False, {"WeightSymmetric": True}),
-        QuantScheme.U8S8_REDUCE_RANGE: (QuantType.QUInt8, QuantType.QInt8, True, {"WeightSymmetric": True}),
-        QuantScheme.U8U8: (QuantType.QUInt8, QuantType.QUInt8, False, {"WeightSymmetric": False}),
-        QuantScheme.S8S8: (
-            QuantType.QInt8, QuantType.QInt8, False, {"WeightSymmetric": True, "ActivationSymmetric": True}
-        ),
+        QuantScheme.U8S8: (u8, s8, False, sym_w),
+        QuantScheme.U8S8_REDUCE_RANGE: (u8, s8, True, sym_w),
+        QuantScheme.U8U8: (u8, u8, False, {"WeightSymmetric": False}),
+        QuantScheme.S8S8: (s8, s8, False, {**sym_w, "ActivationSymmetric": True}),
     }
     return table[scheme]
 
@@ -99,21 +98,21 @@ def is_prepared(model) -> bool:
     return any(p.key == _PREPROCESSED_KEY and p.value == _PREPROCESSED_VALUE for p in model.metadata_props)
 
 
-def prepare_for_quantization(src: Path, dst: Path) -> str:
+def prepare_for_quantization(src: Path, dst: Path) -> tuple[Path, str]:
     """Run ORT's `quant_pre_process` (shape inference + the graph fusions ORT itself applies,
-    e.g. Conv+BatchNorm) so calibration sees the graph the runtime executes. Returns how it ran."""
+    e.g. Conv+BatchNorm) so calibration sees the graph the runtime executes.
+    Returns (the model to quantize: `dst`, or `src` when already pre-processed; how it ran)."""
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if is_prepared(onnx.load(str(src), load_external_data=False)):
-        dst.write_bytes(src.read_bytes())
-        return "already pre-processed"
+        return src, "already pre-processed"
     try:
         quant_pre_process(str(src), str(dst))
-        return "quant_pre_process"
+        return dst, "quant_pre_process"
     except Exception as exc:  # symbolic shape inference fails on some exotic ops; ONNX's own still works
         quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
-        return f"quant_pre_process without symbolic shape inference ({type(exc).__name__}: {exc})"
+        return dst, f"quant_pre_process without symbolic shape inference ({type(exc).__name__}: {exc})"
 
 
 def single_input_name(model) -> str:
@@ -134,6 +133,49 @@ def check_node_names(model, names: Iterable[str], what: str = "nodes_to_exclude"
         layers = [n.name for n in model.graph.node if n.op_type in QUANTIZABLE_LAYER_TYPES]
         raise ValueError(f"{what} {unknown} are not nodes of the model; its Conv/Gemm/MatMul nodes are {layers}")
     return names
+
+
+def keep_layers_float(model, names: Iterable[str]) -> list[str]:
+    """Feed excluded layers the float tensor instead of its Q->DQ copy, in place; returns the rewired inputs.
+
+    An excluded Conv/Gemm whose input comes from a DequantizeLinear and whose output goes to a
+    QuantizeLinear is quantized anyway by ONNX Runtime's session optimizer (WeightBiasQuantization:
+    per-tensor int8 weights), which silently undoes the exclusion. Without the DQ on its input
+    the pattern no longer matches, and the layer really runs in float everywhere.
+    """
+    names = set(names)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    rewired = []
+    for node in model.graph.node:
+        if node.name not in names:
+            continue
+        for k, tensor in enumerate(node.input):
+            dq = producers.get(tensor)
+            q = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[k] = q.input[0]
+                rewired.append(f"{node.name}:{k}")
+    _drop_dead_qdq(model)
+    return rewired
+
+
+def _drop_dead_qdq(model) -> None:
+    """Remove Q/DQ nodes whose outputs nobody reads any more, and the scales only they used."""
+    orphans: set[str] = set()
+    while True:
+        used = {t for n in model.graph.node for t in n.input} | {o.name for o in model.graph.output}
+        dead = [
+            n for n in model.graph.node
+            if n.op_type in ("QuantizeLinear", "DequantizeLinear") and not any(o in used for o in n.output)
+        ]
+        if not dead:
+            break
+        for n in dead:
+            orphans.update(n.input)
+            model.graph.node.remove(n)
+    used = {t for n in model.graph.node for t in n.input} | {o.name for o in model.graph.output}
+    for init in [i for i in model.graph.initializer if i.name in orphans and i.name not in used]:
+        model.graph.initializer.remove(init)
 
 
 def qdq_summary(model) -> dict:
@@ -176,7 +218,8 @@ def quantize_onnx(
     says (default: chosen from the CPU, see `choose_scheme`). Layers named in `nodes_to_exclude`
     stay in float. `calibration_cache` (a JSON path) stores the calibrated ranges on the first
     call and reuses them on later calls for the same model and source, e.g. while searching for
-    layers to keep in float. The output is written atomically. Returns (path, info).
+    layers to keep in float. The FP32 file's metadata_props (the preprocessing) are kept. The
+    output is written atomically. Returns (path, info).
     """
     import onnx
     import onnxruntime
@@ -211,8 +254,7 @@ def quantize_onnx(
             cache_state = f"unsupported by onnxruntime {onnxruntime.__version__}: recalibrated"
 
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=out_path.parent) as work:
-        prepared = Path(work) / "prepared.onnx"
-        how = prepare_for_quantization(fp32_path, prepared)
+        prepared, how = prepare_for_quantization(fp32_path, Path(work) / "prepared.onnx")
         model = onnx.load(str(prepared))
         excluded = check_node_names(model, nodes_to_exclude)
         input_name = single_input_name(model)
@@ -230,26 +272,20 @@ def quantize_onnx(
             extra_options=extra,
             **cache_kwargs,
         )
-        summary = qdq_summary(onnx.load(str(tmp_out)))
+        quantized = onnx.load(str(tmp_out))
+        rewired = keep_layers_float(quantized, excluded)
+        if rewired:
+            onnx.save(quantized, str(tmp_out))
+        summary = qdq_summary(quantized)
         os.replace(tmp_out, out_path)
 
     info = {
-        "quantizer": "onnxruntime",
-        "onnxruntime": onnxruntime.__version__,
-        "method": method.value,
-        "scheme": chosen.value,
-        "scheme_reason": reason,
-        "cpu_vnni": cpu_has_vnni(),
-        "activation_type": act_type.name,
-        "weight_type": weight_type.name,
-        "reduce_range": reduce_range,
-        "per_channel": per_channel,
-        "excluded_nodes": excluded,
-        "preprocess": how,
-        "calibration_samples": len(source),
-        "calibration_fingerprint": source.fingerprint,
-        "calibration_cache": cache_state,
-        "seconds": round(time.perf_counter() - t0, 3),
+        "quantizer": "onnxruntime", "onnxruntime": onnxruntime.__version__, "method": method.value,
+        "scheme": chosen.value, "scheme_reason": reason, "cpu_vnni": cpu_has_vnni(),
+        "activation_type": act_type.name, "weight_type": weight_type.name, "reduce_range": reduce_range,
+        "per_channel": per_channel, "excluded_nodes": excluded, "float_inputs_rewired": rewired,
+        "preprocess": how, "calibration_samples": len(source), "calibration_fingerprint": source.fingerprint,
+        "calibration_cache": cache_state, "seconds": round(time.perf_counter() - t0, 3),
         **summary,
     }
     return out_path, info

@@ -20,6 +20,7 @@ from exporters.onnx_int8 import (
     check_node_names,
     choose_scheme,
     cpu_has_vnni,
+    keep_layers_float,
     parse_enum,
     qdq_summary,
     single_input_name,
@@ -120,6 +121,7 @@ def quantize_onnx_nncf(
         advanced_parameters=advanced,
     )
 
+    rewired = keep_layers_float(quantized, excluded)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out_path.stem}.", suffix=".onnx", dir=out_path.parent)
     os.close(fd)
@@ -142,6 +144,7 @@ def quantize_onnx_nncf(
         "per_channel": per_channel,
         "bias_correction": "fast" if fast_bias_correction else "full",
         "excluded_nodes": excluded,
+        "float_inputs_rewired": rewired,
         "calibration_samples": len(source),
         "calibration_fingerprint": source.fingerprint,
         "calibration_cache": "off" if calibration_cache is None else "not supported by NNCF: recalibrated",

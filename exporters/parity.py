@@ -116,7 +116,10 @@ def check_export(
         outs.append(np.asarray(out_fn(batch)))
     if not refs:
         raise ValueError(f"parity check for {artifact} got no input batches")
-    result = compare_logits(np.concatenate(refs), np.concatenate(outs), precision)
+    try:
+        result = compare_logits(np.concatenate(refs), np.concatenate(outs), precision)
+    except ParityError as err:
+        raise ParityError(f"parity check failed for {artifact}: {err}") from None
     if not result.passed:
         raise ParityError(
             f"parity check failed for {artifact}: {result.describe()}. The export does not "

@@ -6,6 +6,7 @@ compares strings.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -100,6 +101,11 @@ class ExportSpec:
     def parity_batches(self) -> list[np.ndarray]:
         """The batches the parity check feeds to both models: the given real ones, or a seeded one."""
         if self.check_inputs:
+            expected = self.preprocessing.input_shape(1)[1:]
+            for i, batch in enumerate(self.check_inputs):
+                if np.ndim(batch) != 4 or tuple(np.shape(batch)[1:]) != expected:
+                    raise ValueError(f"export check_inputs[{i}] has shape {np.shape(batch)}; expected "
+                                     f"(N, {', '.join(map(str, expected))}) from the preprocessing")
             return [np.ascontiguousarray(b, dtype=np.float32) for b in self.check_inputs]
         rng = np.random.default_rng(self.check_seed)
         shape = self.preprocessing.input_shape(max(8, self.batch_size))
@@ -128,3 +134,12 @@ def publish(staged: Path, final: Path) -> Path:
         raise ExportError(f"export wrote no data to {staged.name}: expected a non-empty file for {final}")
     os.replace(staged, final)
     return final
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's content, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()

@@ -145,6 +145,7 @@ def load(model, device: str = "cuda", threads: int | None = None) -> TensorRtSes
     logger = trt.Logger(trt.Logger.WARNING)
     trt.init_libnvinfer_plugins(logger, "")
     runtime = trt.Runtime(logger)
+    torch.cuda.init()  # TensorRT then shares torch's (primary) CUDA context
     with torch.cuda.device(torch.device(device)):
         engine = runtime.deserialize_cuda_engine(data)
         if engine is None:

@@ -168,6 +168,8 @@ def load(model, device: str = "cpu", threads: int | None = None):
     if kind == "cpu":
         return TorchCpuSession(model.eval())
     gpu_model = copy.deepcopy(model).to(torch_device).eval()
+    # The weights were copied on the default stream; sessions run on their own stream.
+    torch.cuda.synchronize(torch_device)
     if kind == "cuda-graph":
         return TorchCudaGraphSession(gpu_model, torch_device)
     return TorchCudaSession(gpu_model, torch_device)

@@ -1,0 +1,137 @@
+"""The benchmark harness: statistics on known data, and the stopping rules on a real session."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from runtimes import onnxruntime_runtime
+from runtimes.harness import LatencyStats, measure, peak_rss_mb, summarize
+
+
+def test_summarize_one_to_hundred_ms():
+    durations_ns = [ms * 1_000_000 for ms in range(1, 101)]  # 1, 2, ..., 100 ms
+    stats = summarize(durations_ns, batch_size=4)
+    # Linear interpolation at rank q/100 * (n - 1): 49.5 -> 50.5, 89.1 -> 90.1, 98.01 -> 99.01.
+    assert stats.p50_ms == pytest.approx(50.5)
+    assert stats.p90_ms == pytest.approx(90.1)
+    assert stats.p99_ms == pytest.approx(99.01)
+    assert stats.mean_ms == pytest.approx(50.5)
+    # Sample stdev of 1..n is sqrt(n (n + 1) / 12) = sqrt(841.67).
+    assert stats.stdev_ms == pytest.approx(math.sqrt(100 * 101 / 12))
+    assert (stats.min_ms, stats.max_ms) == (1.0, 100.0)
+    assert stats.throughput_ips == pytest.approx(4 / 0.0505)
+    assert stats.total_s == pytest.approx(5.05)
+    assert (stats.iterations, stats.batch_size) == (100, 4)
+
+
+def test_summarize_unsorted_and_single():
+    stats = summarize([3_000_000, 1_000_000, 2_000_000, 10_000_000], batch_size=1)
+    # Sorted 1, 2, 3, 10 ms: p50 at rank 1.5 -> 2.5; p90 at rank 2.7 -> 3 + 0.7 * 7 = 7.9.
+    assert stats.p50_ms == pytest.approx(2.5)
+    assert stats.p90_ms == pytest.approx(7.9)
+    assert stats.mean_ms == pytest.approx(4.0)
+    one = summarize([2_500_000], batch_size=1)
+    assert (one.p50_ms, one.p99_ms, one.stdev_ms) == (2.5, 2.5, 0.0)
+    assert one.throughput_ips == pytest.approx(400.0)
+
+
+def test_summarize_rejects_nonsense():
+    with pytest.raises(ValueError, match="non-empty"):
+        summarize([], batch_size=1)
+    with pytest.raises(ValueError, match="batch_size 0"):
+        summarize([1], batch_size=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_session():
+    """A real ONNX Runtime session: conv 3->4 (3x3), global average pool, flatten, 4->5 gemm."""
+    rng = np.random.default_rng(0)
+    weights = {
+        "w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+        "b": rng.standard_normal(4).astype(np.float32),
+        "fc_w": rng.standard_normal((5, 4)).astype(np.float32),
+        "fc_b": rng.standard_normal(5).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 5])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return onnxruntime_runtime.load(model, "cpu", threads=1)
+
+
+class CountingSession:
+    """Passes calls through to a real session and counts them."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.runs, self.syncs = inner, 0, 0
+
+    def run(self, batch):
+        self.runs += 1
+        return self.inner.run(batch)
+
+    def sync(self):
+        self.syncs += 1
+        self.inner.sync()
+
+
+def test_measure_stops_at_min_iterations_when_time_is_met(tiny_session):
+    session = CountingSession(tiny_session)
+    batch = np.zeros((2, 3, 16, 16), np.float32)
+    stats = measure(session, batch, warmup=4, min_iterations=30, min_seconds=0.0)
+    assert stats.iterations == 30
+    assert (session.runs, session.syncs) == (34, 34)  # warm-up + timed, each followed by sync
+    assert stats.batch_size == 2
+    assert stats.throughput_ips == pytest.approx(2 / (stats.mean_ms / 1e3))
+
+
+def test_measure_runs_until_min_seconds(tiny_session):
+    batch = np.random.default_rng(2).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    stats = measure(tiny_session, batch, warmup=2, min_iterations=5, min_seconds=0.4)
+    assert stats.total_s >= 0.4
+    assert stats.iterations > 5
+    # The loop stops at the first run that crosses the limit: one run more would be too many.
+    assert stats.total_s - stats.max_ms / 1e3 < 0.4
+    assert stats.min_ms <= stats.p50_ms <= stats.p90_ms <= stats.p99_ms <= stats.max_ms
+    assert stats.p50_ms > 0
+    assert stats.peak_rss_mb == pytest.approx(peak_rss_mb(), rel=0.1) and stats.peak_rss_mb > 10
+    assert stats.timer == "perf_counter_ns"
+    for phrase in ("2 warm-up runs", "at least 5 runs and 0.4 s", "perf_counter_ns",
+                   "session.sync()", "linear interpolation"):
+        assert phrase in stats.methodology
+
+
+def test_to_dict_is_flat_and_complete(tiny_session):
+    stats = measure(tiny_session, np.zeros((1, 3, 16, 16), np.float32), warmup=0,
+                    min_iterations=3, min_seconds=0.0)
+    d = stats.to_dict()
+    assert set(d) == set(LatencyStats.__dataclass_fields__)
+    assert all(isinstance(v, (int, float, str, type(None))) for v in d.values())
+
+
+def test_measure_rejects_bad_limits(tiny_session):
+    with pytest.raises(ValueError, match="min_iterations >= 1"):
+        measure(tiny_session, np.zeros((1, 3, 16, 16), np.float32), min_iterations=0)
+
+
+def test_cuda_events_need_a_gpu(tiny_session):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present; the GPU tests cover cuda_events")
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        measure(tiny_session, np.zeros((1, 3, 16, 16), np.float32), warmup=0,
+                min_iterations=1, min_seconds=0.0, cuda_events=True)
