@@ -136,25 +136,51 @@ def check_node_names(model, names: Iterable[str], what: str = "nodes_to_exclude"
 
 
 def keep_layers_float(model, names: Iterable[str]) -> list[str]:
-    """Feed excluded layers the float tensor instead of its Q->DQ copy, in place; returns the rewired inputs.
+    """Feed excluded layers their float input instead of its Q->DQ copy, in place; returns the
+    rewired inputs as "node:input_index".
 
-    An excluded Conv/Gemm whose input comes from a DequantizeLinear and whose output goes to a
-    QuantizeLinear is quantized anyway by ONNX Runtime's session optimizer (WeightBiasQuantization:
-    per-tensor int8 weights), which silently undoes the exclusion. Without the DQ on its input
-    the pattern no longer matches, and the layer really runs in float everywhere.
+    An excluded Conv/Gemm reading a DequantizeLinear and writing to a QuantizeLinear is quantized
+    anyway by ONNX Runtime's session optimizer (WeightBiasQuantization: per-tensor int8 weights),
+    silently undoing the exclusion. The float input goes through a Clip to the Q's range instead:
+    the QDQ quantizer folds Relu/Clip activations into that range, so the clamp must stay.
     """
+    import numpy as np
+    from onnx import helper, numpy_helper
+
     names = set(names)
     producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name: i for i in model.graph.initializer}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    clipped: dict[str, str] = {}  # Q output -> clipped float tensor, shared by excluded readers
     rewired = []
-    for node in model.graph.node:
+    for node in list(model.graph.node):
         if node.name not in names:
             continue
         for k, tensor in enumerate(node.input):
             dq = producers.get(tensor)
             q = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-            if q is not None and q.op_type == "QuantizeLinear":
-                node.input[k] = q.input[0]
-                rewired.append(f"{node.name}:{k}")
+            if q is None or q.op_type != "QuantizeLinear" or q.input[1] not in inits:
+                continue
+            scale = numpy_helper.to_array(inits[q.input[1]])
+            zp_init = inits.get(q.input[2]) if len(q.input) > 2 else None
+            zp = numpy_helper.to_array(zp_init) if zp_init is not None else np.zeros((), np.uint8)
+            if scale.size != 1 or zp.size != 1:  # per-channel activations: leave as quantized
+                continue
+            if q.output[0] not in clipped:
+                info = np.iinfo(zp.dtype)
+                lo, hi = ((float(b) - float(zp.ravel()[0])) * float(scale.ravel()[0]) for b in (info.min, info.max))
+                out = f"{q.input[0]}_float_range"
+                if opset >= 11:
+                    bounds = [numpy_helper.from_array(np.array(v, np.float32), f"{out}_{t}") for t, v in
+                              (("min", lo), ("max", hi))]
+                    model.graph.initializer.extend(bounds)
+                    clip = helper.make_node("Clip", [q.input[0], bounds[0].name, bounds[1].name], [out], name=out)
+                else:
+                    clip = helper.make_node("Clip", [q.input[0]], [out], name=out, min=lo, max=hi)
+                model.graph.node.insert(list(model.graph.node).index(node), clip)
+                clipped[q.output[0]] = out
+            node.input[k] = clipped[q.output[0]]
+            rewired.append(f"{node.name}:{k}")
     _drop_dead_qdq(model)
     return rewired
 

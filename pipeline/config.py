@@ -144,20 +144,33 @@ class Distill(Strict):
 class Prune(Strict):
     importance: Importance = Importance.l2
     global_pruning: bool = False
-    ratio: Optional[float] = Field(0.5, gt=0, lt=1, description="fraction of MACs to remove")
-    latency_budget_ms: Optional[float] = Field(None, gt=0)
+    ratio: Optional[float] = Field(0.5, gt=0, lt=1, description="fraction of MACs to remove "
+                                   "(latency_budget_ms, when set, decides instead)")
+    latency_budget_ms: Optional[float] = Field(None, gt=0, description="p50 latency to meet on "
+                                               "budget_runtime; the least pruning that meets it wins")
     budget_runtime: RuntimeName = RuntimeName.onnxruntime
     budget_threads: int = Field(2, ge=1)
+    budget_device: str = Field("cpu", description="device of budget_runtime: cpu, cuda, ...")
+    budget_batch: int = Field(1, ge=1, description="batch size latency is measured (and budgeted) at")
+    budget_max_ratio: float = Field(0.8, gt=0, lt=1,
+                                    description="latency-budget mode: the most MACs the search may remove")
+    budget_search_steps: int = Field(5, ge=1, description="bisections of the ratio in latency-budget mode")
+    measure_seconds: float = Field(1.0, gt=0, description="timed seconds per model per measurement round")
+    measure_rounds: int = Field(3, ge=1, description="alternating rounds when comparing latencies")
     steps: int = Field(3, ge=1)
     round_to: int = Field(8, ge=1)
     ignored_layers: list[str] = Field(default_factory=list)
-    layer_ratios: dict[str, float] = Field(default_factory=dict)
+    layer_ratios: dict[str, float] = Field(default_factory=dict,
+                                           description="layer name -> share of its channels to remove")
     recover: Train = Train(epochs=3, lr=2e-4)
 
     @model_validator(mode="after")
     def _one_target(self):
         if self.ratio is None and self.latency_budget_ms is None:
             raise ValueError("prune needs prune.ratio or prune.latency_budget_ms")
+        bad = {k: v for k, v in self.layer_ratios.items() if not 0 <= v < 1}
+        if bad:
+            raise ValueError(f"prune.layer_ratios {bad}: each ratio must be in [0, 1)")
         return self
 
 

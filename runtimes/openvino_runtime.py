@@ -36,7 +36,9 @@ def unavailable(device: str = "cpu") -> str | None:
         found = devices()
     except Exception as exc:  # a plugin that fails to enumerate must not crash a listing
         return f"OpenVINO could not list its devices ({type(exc).__name__}: {exc})"
-    if device.lower() not in found and device.lower().split(".")[0] not in found:
+    wanted = device.lower()
+    # "gpu" names the first GPU when OpenVINO lists "gpu.0", "gpu.1".
+    if not any(wanted in (name, name.split(".")[0]) for name in found):
         return f"OpenVINO device {device!r} is not present; available: {', '.join(found) or 'none'}"
     return None
 

@@ -1,5 +1,7 @@
 """The pipeline is this ordered tuple of stages."""
 from pipeline.stage_order import STAGE_NAMES  # noqa: F401  (the full product, built or not)
+from pipeline.stages.distill import STAGE as DISTILL
 from pipeline.stages.finetune import STAGE as FINETUNE
+from pipeline.stages.prune import STAGE as PRUNE
 
-STAGES = (FINETUNE,)
+STAGES = (FINETUNE, DISTILL, PRUNE)

@@ -8,7 +8,11 @@ from pipeline.stages.common import (count_macs, count_params, data_params, datas
 
 
 def params(cfg: Config) -> dict:
-    return {**data_params(cfg), "finetune": cfg.finetune.model_dump(mode="json"), "seed": cfg.run.seed}
+    out = {**data_params(cfg), "finetune": cfg.finetune.model_dump(mode="json"), "seed": cfg.run.seed}
+    if cfg.finetune.adaptation == Adaptation.dann:   # the target's content decides the model too
+        from pipeline.train.dann import target_fingerprint
+        out["dann_target_fingerprint"] = target_fingerprint(cfg)
+    return out
 
 
 def train_teacher(cfg: Config, device, weights: str, desc: str):
@@ -43,10 +47,14 @@ def run(ctx: Context) -> Result:
     cfg = ctx.cfg
     device = setup_torch(cfg)
     model, spec, pre, result = train_teacher(cfg, device, cfg.finetune.weights, "finetune")
+    extra = {}
+    if cfg.finetune.adaptation == Adaptation.dann:   # scored before count_macs moves the model to cpu
+        from pipeline.train.dann import target_top1
+        extra["target_top1"] = target_top1(model, cfg, pre, device)
     metrics = {"val_top1": result.best_top1, "best_epoch": result.best_epoch,
                "history": result.history, "train_seconds": round(result.seconds, 2),
                "params": count_params(model), "macs": count_macs(model.cpu(), pre),
-               "device": str(device)}
+               "device": str(device), **extra}
     if cfg.finetune.negative_transfer_check:
         from pipeline.stages.negative_transfer import scratch_baseline
         metrics["negative_transfer"] = scratch_baseline(cfg, device, result.best_top1)

@@ -1,0 +1,1 @@
+"""Experiments that back the documentation's claims with measurements (not part of `make all`)."""

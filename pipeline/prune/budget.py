@@ -1,0 +1,96 @@
+"""Latency-budget mode: the least pruning whose measured latency meets the budget.
+
+Each candidate ratio is pruned one-shot from the unpruned student, exported and timed on the
+named runtime; bisection over the MAC ratio narrows to the smallest ratio that meets the
+budget (latency falls with the ratio in steps, not smoothly, so every probe is a measurement,
+never an estimate from MACs).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+class BudgetNotMet(RuntimeError):
+    """No candidate up to the search's maximum ratio met the latency budget."""
+
+
+@dataclass
+class BudgetSearch:
+    """The search's outcome: the chosen MAC ratio and every probe (ratio, p50, p90, MACs removed)."""
+
+    budget_ms: float
+    max_ratio: float
+    ratio: float = 0.0
+    trials: list[dict] = field(default_factory=list)
+
+    def best(self) -> dict:
+        return min(self.trials, key=lambda t: t["p50_ms"])
+
+    def to_dict(self) -> dict:
+        return {"latency_budget_ms": self.budget_ms, "max_ratio": self.max_ratio,
+                "chosen_ratio": self.ratio, "statistic": "p50", "trials": self.trials}
+
+
+def search_ratio(probe: Callable[[float], dict], budget_ms: float, max_ratio: float,
+                 bisections: int, where: str) -> BudgetSearch:
+    """Bisect the MAC ratio in [0, max_ratio] for the least pruning with p50 <= `budget_ms`.
+
+    `probe(ratio)` prunes a copy to `ratio`, measures it and returns at least
+    {"p50_ms", "p90_ms"}. Ratio 0 (the unpruned model) is tried first: if it already meets the
+    budget nothing is pruned. Raises BudgetNotMet, naming the best latency reached, when
+    `max_ratio` misses the budget too.
+    """
+    result = BudgetSearch(budget_ms, max_ratio)
+
+    def meets(ratio: float) -> bool:
+        trial = {"ratio": round(ratio, 4), **probe(ratio)}
+        trial["meets_budget"] = trial["p50_ms"] <= budget_ms
+        result.trials.append(trial)
+        return trial["meets_budget"]
+
+    if meets(0.0):
+        return result
+    if not meets(max_ratio):
+        best = result.best()
+        raise BudgetNotMet(
+            f"no pruning ratio up to {max_ratio:g} met latency_budget_ms={budget_ms:g} on {where}; "
+            f"best reached {best['p50_ms']:.3f} ms (p50) at ratio {best['ratio']:g} (unpruned: "
+            f"{result.trials[0]['p50_ms']:.3f} ms). Relax prune.latency_budget_ms, raise "
+            f"prune.budget_max_ratio, or pick a smaller student (distill.student)")
+    lo, hi = 0.0, max_ratio
+    for _ in range(bisections):
+        mid = (lo + hi) / 2
+        if meets(mid):
+            hi = mid
+        else:
+            lo = mid
+    result.ratio = hi
+    return result
+
+
+def search_budget(student, example, plan, protected: list[str], original: dict[str, int], pre,
+                  probe, p, work_dir, log=print) -> BudgetSearch:
+    """`search_ratio` over one-shot pruned copies of `student`, each exported to `work_dir` and
+    timed once with `probe` (a `LatencyProbe`)."""
+    import copy
+    from pipeline.prune.latency import export_candidate
+    from pipeline.prune.structured import macs_and_params, prune_to_macs, step_overrides
+
+    macs0 = macs_and_params(student, example)[0]
+    batch = probe.batch_of(pre)
+
+    def probe_ratio(ratio: float) -> dict:
+        candidate = copy.deepcopy(student)
+        if ratio > 0:
+            prune_to_macs(candidate, example, int(macs0 * (1 - ratio)), plan, protected,
+                          step_overrides(candidate, plan, original, 1.0))
+        path = export_candidate(candidate, pre, work_dir, f"candidate_{round(ratio * 1e4):05d}")
+        stats = probe.measure(probe.load(path, candidate), batch)
+        removed = 1 - macs_and_params(candidate, example)[0] / macs0
+        log(f"budget probe ratio {ratio:.3f}: {removed:.1%} of MACs removed, "
+            f"p50 {stats.p50_ms:.3f} ms, p90 {stats.p90_ms:.3f} ms on {probe.label}")
+        return {"macs_removed": round(removed, 4), "p50_ms": stats.p50_ms, "p90_ms": stats.p90_ms}
+
+    return search_ratio(probe_ratio, p.latency_budget_ms, p.budget_max_ratio, p.budget_search_steps,
+                        probe.label)

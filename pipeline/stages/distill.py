@@ -1,0 +1,143 @@
+"""distill: teach a smaller student backbone from the fine-tuned teacher (Hinton soft targets + labels).
+
+The same run also trains the student alone with the same budget and seed, so the manifest says
+what distillation bought, next to the teacher's accuracy and both models' size and MACs.
+"""
+from __future__ import annotations
+
+import sys
+
+from pipeline.config import Augment, Config
+from pipeline.stages.base import Context, Result, Stage
+from pipeline.stages.common import (count_macs, count_params, data_params, load_model, save_model,
+                                    setup_torch)
+
+
+def params(cfg: Config) -> dict:
+    return {**data_params(cfg), "distill": cfg.distill.model_dump(mode="json"), "seed": cfg.run.seed}
+
+
+def augmentation_on(aug: Augment) -> bool:
+    """Whether training draws new pixels each epoch; without, teacher logits are fixed per sample."""
+    return (aug.random_resized_crop is not None or aug.hflip or aug.rotation_deg > 0
+            or aug.color_jitter > 0)
+
+
+class Renormalize:
+    """Student-normalised pixels -> teacher-normalised pixels (same crop, other mean/std)."""
+
+    def __init__(self, student_pre, teacher_pre, device):
+        import torch
+        def col(v):
+            return torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.identity = (tuple(student_pre.mean) == tuple(teacher_pre.mean)
+                         and tuple(student_pre.std) == tuple(teacher_pre.std))
+        self.scale = col(student_pre.std) / col(teacher_pre.std)
+        self.shift = (col(student_pre.mean) - col(teacher_pre.mean)) / col(teacher_pre.std)
+
+    def __call__(self, x):
+        return x if self.identity else x * self.scale.to(x.dtype) + self.shift.to(x.dtype)
+
+
+class DistillLoss:
+    """kd_loss against cached teacher logits (by sample index), or the teacher on the same batch."""
+
+    def __init__(self, teacher, cached, renorm: Renormalize, temperature: float, alpha: float,
+                 label_smoothing: float):
+        self.teacher, self.cached, self.renorm = teacher, cached, renorm
+        self.temperature, self.alpha, self.label_smoothing = temperature, alpha, label_smoothing
+        self.teacher_batches = 0
+
+    def __call__(self, model, x, y, idx, progress):
+        import torch
+        from pipeline.train.distill_loss import kd_loss
+        logits = model(x)
+        if self.cached is not None:
+            soft = self.cached[idx].to(x.device, non_blocking=True)
+        else:
+            with torch.no_grad():
+                soft = self.teacher(self.renorm(x))
+            self.teacher_batches += 1
+        return kd_loss(logits, soft, y, self.temperature, self.alpha, self.label_smoothing), logits
+
+
+def _train_student(cfg: Config, spec, pre, train_set, val_set, device, loss_fn, desc: str):
+    import torch
+    from pipeline.models.layers import param_groups
+    from pipeline.models.registry import build_model
+    from pipeline.train.loop import fit
+    d = cfg.distill
+    torch.manual_seed(cfg.run.seed)      # both students start from the same head initialisation
+    model = build_model(spec, d.weights)
+    groups = param_groups(model, d.train.lr, d.train.weight_decay, 1.0)
+    result = fit(model, train_set, val_set, d.train, device, cfg.run.seed, groups, loss_fn=loss_fn,
+                 desc=desc, num_workers=cfg.run.num_workers)
+    return model, result
+
+
+def run(ctx: Context) -> Result:
+    import torch
+    from pipeline.data import DataError, load_splits
+    from pipeline.data.torch_dataset import TorchImageSet
+    from pipeline.models.registry import ModelSpec, model_preprocessing
+    from pipeline.train.loop import evaluate
+    from pipeline.train.teacher_cache import TeacherLogitCache, teacher_logits
+
+    cfg, d = ctx.cfg, ctx.cfg.distill
+    device = setup_torch(cfg)
+    upstream = ctx.input("finetune")
+    teacher, teacher_pre = load_model(upstream)
+    teacher = teacher.to(device).eval()
+    splits = load_splits(cfg.data, cfg.run.seed)
+    if list(teacher_pre.labels) != list(splits.classes):
+        raise DataError(f"the finetune teacher predicts {list(teacher_pre.labels)} but the data has "
+                        f"classes {splits.classes}; re-run finetune on this data (make finetune)")
+    spec = ModelSpec(d.student, len(splits.classes), d.drop_rate)
+    pre = model_preprocessing(spec, splits.classes, teacher_pre.input_size, teacher_pre.crop_pct)
+    augmented = augmentation_on(d.train.augment)
+    train_set = TorchImageSet(splits.train, pre, d.train.augment if augmented else None, cfg.run.seed)
+    val_set = TorchImageSet(splits.val, pre, None, cfg.run.seed)
+
+    teacher_top1 = evaluate(teacher, TorchImageSet(splits.val, teacher_pre, None), device)["top1"]
+    cache = TeacherLogitCache(ctx.store_root)
+    cached = None
+    if not augmented:   # fixed pixels per sample: one teacher pass, reused every epoch and run
+        logits = teacher_logits(cache, teacher, upstream.outputs["model"].sha256,
+                                TorchImageSet(splits.train, teacher_pre, None), splits.train.fingerprint,
+                                teacher_pre, device)
+        cached = torch.from_numpy(logits)
+    loss = DistillLoss(teacher, cached, Renormalize(pre, teacher_pre, device), d.temperature, d.alpha,
+                       d.train.label_smoothing)
+
+    alone = None
+    if d.compare_alone:
+        alone_model, alone = _train_student(cfg, spec, pre, train_set, val_set, device, None,
+                                            "student alone")
+        del alone_model
+    student, result = _train_student(cfg, spec, pre, train_set, val_set, device, loss, "distill")
+    metrics = {"val_top1": result.best_top1, "best_epoch": result.best_epoch,
+               "teacher_top1": teacher_top1,
+               "student_alone_top1": alone.best_top1 if alone else None,
+               "distill_gain_points": round(result.best_top1 - alone.best_top1, 4) if alone else None,
+               "student": {"backbone": d.student, "params": count_params(student),
+                           "macs": count_macs(student.cpu(), pre)},
+               "teacher": {"backbone": upstream.outputs["model"].metadata["spec"]["name"],
+                           "params": count_params(teacher), "macs": count_macs(teacher.cpu(), teacher_pre)},
+               "history": {"distilled": result.history, "alone": alone.history if alone else None},
+               "train_seconds": {"distilled": round(result.seconds, 2),
+                                 "alone": round(alone.seconds, 2) if alone else None},
+               "augmentation": augmented, "teacher_batches_run": loss.teacher_batches,
+               "teacher_logit_cache": {"used": cached is not None, "hits": cache.hits,
+                                       "misses": cache.misses},
+               "device": str(device)}
+    if alone and result.best_top1 < alone.best_top1:
+        print(f"WARNING: the distilled student ({result.best_top1:.2f}%) is below the student trained "
+              f"alone ({alone.best_top1:.2f}%); try a higher distill.temperature or lower distill.alpha",
+              file=sys.stderr, flush=True)
+    artifact = save_model(student, spec, pre, ctx.out_dir,
+                          extra={"teacher_sha256": upstream.outputs["model"].sha256})
+    return Result(outputs={"model": artifact}, metrics=metrics)
+
+
+STAGE = Stage(name="distill", version=1, deps=("finetune",), params=params, run=run,
+              help="distil the fine-tuned teacher into a smaller student backbone")

@@ -1,0 +1,200 @@
+"""prune: structural channel pruning of the distilled student, accuracy recovered by distillation,
+latency measured rather than inferred from MACs.
+
+Two ways to say how much: `prune.ratio` (share of MACs to remove) or `prune.latency_budget_ms`
+(the least pruning whose p50 on `prune.budget_runtime` meets it). Either way the student is
+pruned in `prune.steps` steps, each followed by recovery fine-tuning against the teacher, and
+the unpruned student and every step's model are timed in one measurement run at the end.
+"""
+from __future__ import annotations
+
+import copy
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pipeline.config import Config, Importance
+from pipeline.stages.base import Context, Result, Stage
+from pipeline.stages.common import data_params, load_model, setup_torch
+
+
+def params(cfg: Config) -> dict:
+    """Prune settings, the distillation loss used for recovery, the data; and in latency-budget
+    mode the machine, since the measured latency then decides the output model."""
+    out = {**data_params(cfg), "prune": cfg.prune.model_dump(mode="json"), "seed": cfg.run.seed,
+           "recovery_loss": {"temperature": cfg.distill.temperature, "alpha": cfg.distill.alpha}}
+    if cfg.prune.latency_budget_ms is not None:
+        from runtimes.environment import describe_environment, fingerprint
+        out["environment"] = fingerprint(describe_environment(threads=cfg.prune.budget_threads))
+    return out
+
+
+def _log(msg: str) -> None:
+    print(f"  prune: {msg}", file=sys.stderr, flush=True)
+
+
+def _recovery_loss(ctx: Context, pre, splits, device):
+    """The distill stage's loss against the finetune teacher; teacher logits come from the shared
+    cache when the recovery pixels are fixed (no augmentation)."""
+    import torch
+    from pipeline.data.torch_dataset import TorchImageSet
+    from pipeline.stages.distill import DistillLoss, Renormalize, augmentation_on
+    from pipeline.train.teacher_cache import TeacherLogitCache, teacher_logits
+    cfg, p = ctx.cfg, ctx.cfg.prune
+    upstream = ctx.input("finetune")
+    teacher, teacher_pre = load_model(upstream)
+    teacher = teacher.to(device).eval()
+    cached = None
+    if not augmentation_on(p.recover.augment):
+        logits = teacher_logits(TeacherLogitCache(ctx.store_root), teacher, upstream.outputs["model"].sha256,
+                                TorchImageSet(splits.train, teacher_pre, None), splits.train.fingerprint,
+                                teacher_pre, device)
+        cached = torch.from_numpy(logits)
+    return DistillLoss(teacher, cached, Renormalize(pre, teacher_pre, device), cfg.distill.temperature,
+                       cfg.distill.alpha, p.recover.label_smoothing)
+
+
+def _broadcast(value):
+    """Rank 0's value on every process (a budget search is measured once, on rank 0)."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _prune_step(i, n, ratio, student, setup) -> dict:
+    """One step: score (taylor), prune to this step's MAC target, recover; returns its metrics."""
+    from pipeline.prune.recover import accumulate_gradients, recover
+    from pipeline.prune.structured import macs_and_params, prune_to_macs, step_overrides
+    from pipeline.train.loop import evaluate
+    s, p = setup, setup["cfg"].prune
+    t0 = time.time()
+    if s["plan"].importance == Importance.taylor:
+        accumulate_gradients(student, s["loss"], s["train"], p.recover.batch_size, s["device"])
+    student.cpu()
+    channel_ratio = prune_to_macs(student, s["example"], int(s["macs0"] * (1 - ratio * i / n)), s["plan"],
+                                  s["protected"], step_overrides(student, s["plan"], s["original"], i / n))
+    student.zero_grad(set_to_none=True)
+    macs, n_params = macs_and_params(student, s["example"])
+    top1_pruned = evaluate(student, s["val"], s["device"])["top1"]
+    _log(f"step {i}/{n}: {1 - macs / s['macs0']:.1%} of MACs removed (channel ratio {channel_ratio:.3f}), "
+         f"val {top1_pruned:.2f}% before recovery")
+    fit = recover(student, s["train"], s["val"], p.recover, s["device"], s["cfg"].run.seed, s["loss"],
+                  f"prune recover {i}/{n}", s["cfg"].run.num_workers)
+    student.cpu()
+    return {"step": i, "target_macs_removed": round(ratio * i / n, 4), "channel_ratio": round(channel_ratio, 4),
+            "macs": macs, "params": n_params, "macs_removed": round(1 - macs / s["macs0"], 4),
+            "params_removed": round(1 - n_params / s["params0"], 4),
+            "val_top1_before_recovery": top1_pruned, "val_top1": fit.best_top1,
+            "recovery": {"best_epoch": fit.best_epoch, "history": fit.history, "seconds": round(fit.seconds, 2)},
+            "seconds": round(time.time() - t0, 2)}
+
+
+def run(ctx: Context) -> Result:
+    import torch
+    from pipeline.data import load_splits
+    from pipeline.data.torch_dataset import TorchImageSet
+    from pipeline.models.registry import ModelSpec
+    from pipeline.prune.budget import search_budget
+    from pipeline.prune.checkpoint import save_pruned_model
+    from pipeline.prune.latency import LatencyProbe, export_candidate
+    from pipeline.prune.structured import PrunePlan, macs_and_params, out_channels, protected_layers
+    from pipeline.stages.distill import augmentation_on
+    from pipeline.train.distributed import world
+    from pipeline.train.loop import evaluate
+
+    cfg, p = ctx.cfg, ctx.cfg.prune
+    started, is_main = time.time(), world().is_main
+    device = setup_torch(cfg)
+    probe = LatencyProbe.from_config(p)
+    probe.check()
+    source = ctx.input("distill")
+    student, pre = load_model(source)
+    spec = ModelSpec.from_dict(source.outputs["model"].metadata["spec"])
+    splits = load_splits(cfg.data, cfg.run.seed)
+    augment = p.recover.augment if augmentation_on(p.recover.augment) else None
+    plan = PrunePlan.from_config(p)
+    example = torch.zeros(pre.input_shape(1))
+    s = {"cfg": cfg, "plan": plan, "example": example, "device": device,
+         "train": TorchImageSet(splits.train, pre, augment, cfg.run.seed),
+         "val": TorchImageSet(splits.val, pre, None, cfg.run.seed),
+         "loss": _recovery_loss(ctx, pre, splits, device),
+         "protected": protected_layers(student, example, plan),
+         "original": {n: out_channels(m) for n, m in student.named_modules() if n in plan.layer_ratios}}
+    s["macs0"], s["params0"] = macs_and_params(student, example)
+    top1_0 = evaluate(student, s["val"], device)["top1"]
+    student.cpu()
+    _log(f"student {spec.name}: {s['macs0'] / 1e6:.2f} M MACs, {s['params0'] / 1e6:.3f} M params, "
+         f"val {top1_0:.2f}%; kept whole: {', '.join(s['protected'])}")
+
+    work = Path(tempfile.mkdtemp(prefix="edgeship-prune-"))
+    try:
+        models = {"unpruned": copy.deepcopy(student)}
+        budget = None
+        if p.latency_budget_ms is not None:
+            budget = _broadcast(search_budget(student, example, plan, s["protected"], s["original"], pre,
+                                              probe, p, work, log=_log) if is_main else None)
+            ratio = budget.ratio
+        else:
+            ratio = p.ratio
+        n = p.steps if ratio > 0 else 0
+        steps = []
+        for i in range(1, n + 1):
+            steps.append(_prune_step(i, n, ratio, student, s))
+            models[f"step{i}"] = copy.deepcopy(student)
+        latency = {}
+        if is_main:
+            sessions = {name: probe.load(export_candidate(m, pre, work, name), m) for name, m in models.items()}
+            _log(f"measuring {len(sessions)} models on {probe.label}, {p.measure_rounds} alternating rounds")
+            latency = probe.measure_together(sessions, pre, p.measure_rounds)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    for step in steps:
+        step["latency"] = latency.get(f"step{step['step']}")
+
+    macs1, params1 = macs_and_params(student, example)
+    top1_1 = steps[-1]["val_top1"] if steps else top1_0
+    before = {"params": s["params0"], "macs": s["macs0"], "val_top1": top1_0, "latency": latency.get("unpruned")}
+    after = {"params": params1, "macs": macs1, "val_top1": top1_1,
+             "latency": latency.get(f"step{n}" if n else "unpruned")}
+    summary = {"macs_removed": round(1 - macs1 / s["macs0"], 4),
+               "params_removed": round(1 - params1 / s["params0"], 4),
+               "accuracy_delta_points": round(top1_1 - top1_0, 4)}
+    if before["latency"] and after["latency"]:
+        for q in ("p50", "p90"):
+            summary[f"speedup_{q}"] = round(before["latency"][f"{q}_ms"] / after["latency"][f"{q}_ms"], 3)
+    metrics = {"mode": "latency_budget" if budget else "ratio", "target_macs_removed": ratio,
+               "importance": p.importance.value, "global_pruning": p.global_pruning, "round_to": p.round_to,
+               "protected_layers": s["protected"], "before": before, "after": after, "summary": summary,
+               "steps": steps, "runtime": {"name": probe.runtime.value, "device": probe.device,
+                                           "threads": probe.threads, "batch": probe.batch},
+               "methodology": probe.describe(p.measure_rounds), "device": str(device),
+               "seconds": round(time.time() - started, 2)}
+    if budget:
+        metrics["budget"] = _budget_verdict(budget, after, p.latency_budget_ms, is_main)
+    if "speedup_p50" in summary:
+        _log(f"{summary['macs_removed']:.1%} of MACs removed, val {top1_0:.2f}% -> {top1_1:.2f}%, p50 "
+             f"{before['latency']['p50_ms']:.3f} -> {after['latency']['p50_ms']:.3f} ms "
+             f"({summary['speedup_p50']:.2f}x) on {probe.label}")
+    artifact = save_pruned_model(student, spec, pre, ctx.out_dir,
+                                 extra={"student_sha256": source.outputs["model"].sha256,
+                                        "macs_removed": summary["macs_removed"]})
+    return Result(outputs={"model": artifact}, metrics=metrics)
+
+
+def _budget_verdict(budget, after: dict, budget_ms: float, is_main: bool) -> dict:
+    """The search record plus whether the final run's measurement still meets the budget."""
+    met = bool(after["latency"]) and after["latency"]["p50_ms"] <= budget_ms
+    if is_main and not met:
+        _log(f"WARNING: the search's pick met {budget_ms} ms, but the final run measured "
+             f"{after['latency']['p50_ms']:.3f} ms (p50); the machine may be busier now than during "
+             "the search")
+    return {**budget.to_dict(), "met_in_final_run": met}
+
+
+STAGE = Stage(name="prune", version=1, deps=("finetune", "distill"), params=params, run=run,
+              help="structural channel pruning of the student, accuracy recovered by distillation")

@@ -1,0 +1,77 @@
+"""Teacher logits computed once per sample and kept on disk, so distillation without augmentation
+does not run the teacher every epoch (nor again in the next run with the same teacher and data).
+
+Key = the teacher artifact's sha256 + the data fingerprint + the teacher's preprocessing: a
+retrained teacher, changed data or a new input size each miss; nothing else can serve stale
+logits, because names and mtimes are not part of the key.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from calibration.preprocess import Preprocessing
+from pipeline.hashing import sha256_json
+
+CACHE_DIR = ("cache", "teacher-logits")
+
+
+def cache_key(teacher_sha256: str, data_fingerprint: str, preprocessing: Preprocessing) -> str:
+    """The content key of one teacher's logits over one dataset at one preprocessing."""
+    return sha256_json({"teacher": teacher_sha256, "data": data_fingerprint,
+                        "preprocessing": preprocessing.to_dict()})
+
+
+class TeacherLogitCache:
+    """`<store_root>/cache/teacher-logits/<key>.npy`, float32 [N, classes]; counts hits and misses."""
+
+    def __init__(self, store_root: str | Path, log: Callable[[str], None] | None = None):
+        self.folder = Path(store_root).joinpath(*CACHE_DIR)
+        self.hits = self.misses = 0
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{key}.npy"
+
+    def get_or_compute(self, teacher_sha256: str, data_fingerprint: str, preprocessing: Preprocessing,
+                       compute: Callable[[], np.ndarray], expected_rows: int | None = None) -> np.ndarray:
+        """The cached logits, or `compute()` stored atomically (a killed run leaves no partial file)."""
+        key = cache_key(teacher_sha256, data_fingerprint, preprocessing)
+        path = self.path(key)
+        if path.is_file():
+            logits = np.load(path)
+            if expected_rows is None or logits.shape[0] == expected_rows:
+                self.hits += 1
+                self.log(f"  teacher logits: cache hit {path.name[:16]} ({logits.shape[0]} samples)")
+                return logits
+            self.log(f"  teacher logits: {path} holds {logits.shape[0]} rows, expected "
+                     f"{expected_rows}; recomputing")
+        self.misses += 1
+        logits = np.ascontiguousarray(compute(), dtype=np.float32)
+        if expected_rows is not None and logits.shape[0] != expected_rows:
+            raise ValueError(f"teacher produced {logits.shape[0]} logit rows for {expected_rows} samples")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+        np.save(tmp, logits)
+        os.replace(tmp, path)
+        self.log(f"  teacher logits: cache miss, computed and stored {path.name[:16]} "
+                 f"({logits.shape[0]} samples)")
+        return logits
+
+    def stats(self) -> dict:
+        return {"hits": self.hits, "misses": self.misses, "folder": str(self.folder)}
+
+
+def teacher_logits(cache: TeacherLogitCache, teacher, teacher_sha256: str, dataset, data_fingerprint: str,
+                   preprocessing: Preprocessing, device) -> np.ndarray:
+    """Logits of `teacher` over `dataset` (eval mode, in index order), through the cache."""
+    def compute() -> np.ndarray:
+        from pipeline.train.loop import predict
+        logits, _ = predict(teacher, dataset, device)
+        return logits.numpy()
+    return cache.get_or_compute(teacher_sha256, data_fingerprint, preprocessing, compute,
+                                expected_rows=len(dataset))
