@@ -211,12 +211,32 @@ class Benchmark(Strict):
     min_seconds: float = Field(2.0, ge=0)
     threads: int = Field(2, ge=1)
     cuda: bool = Field(True, description="also benchmark on a CUDA GPU when one is present")
+    accuracy_images: Optional[int] = Field(None, ge=1, description="val images scored per artifact "
+                                           "and runtime (null: the whole val split)")
+    openvino_pin_precision: bool = Field(
+        True, description="compile OpenVINO at the artifact's precision (f32 for fp32 and int8 "
+        "artifacts, f16 for fp16 where the device computes in f16, else f32); false: the device "
+        "default (bf16 on CPUs with AVX512-BF16 or AMX)")
+    target: str = Field("cpu", description="device of the headline: the deployed model is picked "
+                        "among rows on this device ('cpu', 'cuda')")
+    deploy_tolerance: float = Field(1.0, ge=0, description="points of val top-1 the deployed model "
+                                    "may lose against the teacher; the fastest (p90) artifact "
+                                    "within it is the deployed model")
+
+    @model_validator(mode="after")
+    def _batches(self):
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise ValueError(f"benchmark.batch_sizes {self.batch_sizes} must be a non-empty list of "
+                             "sizes >= 1, e.g. [1, 8]")
+        return self
 
 
 class Check(Strict):
     min_accuracy: Optional[float] = Field(None, description="val top-1 (%) of the deployed model")
     max_accuracy_drop: Optional[float] = Field(None, description="points below the teacher")
-    max_p90_ms: dict[str, float] = Field(default_factory=dict, description="'runtime/device' -> ms")
+    max_p90_ms: dict[str, float] = Field(
+        default_factory=dict, description="'runtime/device' -> ms: p90 at the headline batch of the "
+        "fastest artifact on that runtime and device within benchmark.deploy_tolerance")
     max_size_mb: Optional[float] = None
     junit: str = "check-junit.xml"
 

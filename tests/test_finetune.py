@@ -89,7 +89,7 @@ def test_ddp_two_processes_match_one(cli, tiny_args, tmp_path):
     two = [a if not a.startswith("run.store=") else f"run.store={tmp_path / 'two'}" for a in tiny_args]
     subprocess.run(cli("run", "finetune", *one), check=True, capture_output=True)
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          "--master_port=0", "-m", "pipeline", "run", "finetune", *two],
+                          "--standalone", "-m", "pipeline", "run", "finetune", *two],
                          capture_output=True, text=True)
     assert ddp.returncode == 0, ddp.stdout + ddp.stderr
     a, b = manifest(tmp_path / "one"), manifest(tmp_path / "two")

@@ -18,7 +18,7 @@ import torch_pruning as tp
 from pipeline.config import Importance, Prune
 
 _MAX_CHANNEL_RATIO = 0.95   # never search past removing 95 % of a layer's channels
-_BISECTIONS = 12            # 2**-12 of the channel-ratio range: finer than any round_to step
+_BISECTIONS = 10            # 2**-10 of the channel-ratio range: finer than any round_to step
 
 
 class PruneError(ValueError):

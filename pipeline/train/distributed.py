@@ -45,6 +45,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def all_reduce_sum(device, *values: float) -> list[float]:
+    """Sum numbers over all ranks (float64, so counts stay exact)."""
+    import torch
+    import torch.distributed as dist
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
 class ShardedBatchSampler:
     """Seeded global batches (same for any world size), each split across ranks by stride."""
 

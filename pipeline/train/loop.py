@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import Train
-from pipeline.train.distributed import ShardedBatchSampler, World, world
+from pipeline.train.distributed import ShardedBatchSampler, World, all_reduce_sum, world
 from pipeline.train.freezing import freeze_frozen_norms
 
 # loss_fn(model, x, y, idx, progress in [0, 1]) -> (loss, logits)
@@ -146,6 +146,8 @@ def fit(model, train_set, val_set, cfg: Train, device: torch.device, seed: int,
             correct += (logits.argmax(1) == y).sum().item()
             loss_sum += loss.item() * len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+        if w.distributed:  # each rank saw its share: report the epoch over the global batches
+            seen, correct, loss_sum = all_reduce_sum(device, seen, correct, loss_sum)
         val = evaluate(model, val_set, device)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen),
                "train_top1": 100.0 * correct / max(1, seen), "val_top1": val["top1"],

@@ -1,0 +1,211 @@
+"""The benchmark itself: one row per artifact x runtime x device x batch size.
+
+A measured row holds val top-1 in that runtime and device, top-1 agreement with the FP32 torch
+model the artifact descends from and with the teacher, the harness's latency statistics, size on
+disk, params and MACs, the runtime settings, and a sentence saying how it was measured. A pair
+that cannot run here is a row too, with status "unavailable" and the reason; one that failed
+says "failed" and the error, and the others are still measured.
+"""
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+
+import numpy as np
+
+from pipeline.artifact import Format
+from pipeline.config import Config
+from pipeline.report.artifacts import TEACHER, Candidate, candidates, fixed_batch, size_bytes
+from pipeline.report.scoring import ValImages, agreement, predict, top1
+from pipeline.report.targets import Target, device_family, openvino_precision, targets_for
+from pipeline.store import Manifest
+
+ACCURACY_CHUNK = 64   # images per call when scoring a model with a dynamic batch axis
+LATENCY_FIELDS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "stdev_ms", "min_ms", "max_ms",
+                  "throughput_ips", "iterations", "total_s", "peak_rss_mb", "peak_gpu_mb", "timer")
+
+
+def _log(msg: str) -> None:
+    print(f"  benchmark: {msg}", file=sys.stderr, flush=True)
+
+
+def row_id(artifact: str, runtime: str, device: str, batch: int | None) -> str:
+    """The key a row is known by in tables and comparisons: artifact@runtime/device/bN."""
+    return f"{artifact}@{runtime}/{device}/b{batch if batch is not None else '-'}"
+
+
+class TorchModels:
+    """The FP32 torch models (teacher, student, pruned), loaded once: parameter and MAC counts,
+    and their CPU predictions, the references every other row's agreement is measured against."""
+
+    def __init__(self, cands: list[Candidate], val: ValImages, threads: int):
+        self._cands = {c.name: c for c in cands if c.format == Format.torch}
+        self._val, self._threads = val, threads
+        self._models: dict = {}
+        self._predictions: dict[str, np.ndarray] = {}
+        self._counts: dict[str, tuple[int, int]] = {}
+
+    def model(self, name: str):
+        if name not in self._models:
+            from pipeline.stages.common import load_model
+            cand = self._cands[name]
+            self._models[name] = load_model(cand.manifest, cand.output)[0]
+        return self._models[name]
+
+    def counts(self, name: str | None) -> tuple[int | None, int | None]:
+        """(params, MACs per image) of a torch model; (None, None) when it is not an input."""
+        if name not in self._cands:
+            return None, None
+        if name not in self._counts:
+            from pipeline.stages.common import count_macs, count_params
+            model = self.model(name)
+            self._counts[name] = (count_params(model), count_macs(model, self._cands[name].preprocessing))
+        return self._counts[name]
+
+    def remember(self, name: str, predictions: np.ndarray) -> None:
+        self._predictions[name] = predictions
+
+    def predictions(self, name: str | None) -> np.ndarray | None:
+        """Predicted classes of torch model `name` on the CPU (computed on first use)."""
+        if name not in self._cands:
+            return None
+        if name not in self._predictions:
+            import runtimes
+            session = runtimes.get("torch").load(self.model(name), "cpu", self._threads)
+            logits = predict(session, self._val, self._cands[name].preprocessing, ACCURACY_CHUNK)
+            self._predictions[name] = logits.argmax(1)
+        return self._predictions[name]
+
+
+def _open(cand: Candidate, target: Target, cfg: Config, models: TorchModels):
+    """Load `cand` on the target; returns (session, settings to record)."""
+    import runtimes
+    threads = cfg.benchmark.threads
+    module = runtimes.get(target.runtime)
+    if target.runtime == "torch":
+        session = module.load(models.model(cand.name), target.device, threads)
+        import torch
+        return session, {"mode": "cuda-graph" if target.device.startswith("cuda-graph") else "eager",
+                         "torch_threads": torch.get_num_threads()}
+    if target.runtime == "openvino":
+        precision = openvino_precision(cand.precision, target.device, cfg.benchmark.openvino_pin_precision)
+        session = module.load(cand.path, target.device, threads, inference_precision=precision)
+        return session, {"requested_inference_precision": precision or "device default",
+                         **{k.lower(): v for k, v in session.properties.items()}}
+    session = module.load(cand.path, target.device, threads)
+    settings = {"threads": threads}
+    if hasattr(session, "providers"):
+        settings["providers"] = list(session.providers)
+    return session, settings
+
+
+def _base(cand: Candidate, target: Target, batch: int | None, threads: int) -> dict:
+    import runtimes
+    return {"id": row_id(cand.name, target.runtime, target.device, batch), "artifact": cand.name,
+            "stage": cand.stage, "output": cand.output, "format": cand.format.value,
+            "precision": cand.precision, "runtime": target.runtime,
+            "runtime_version": runtimes.get(target.runtime).version(), "device": target.device,
+            "batch": batch, "threads": threads, "sha256": cand.sha256,
+            "size_bytes": size_bytes(cand.path, cand.format) if cand.path else None,
+            "reference": cand.reference}
+
+
+def not_measured(cand: Candidate, target: Target, batch: int | None, threads: int, status: str,
+                 reason: str) -> dict:
+    """A row for a pair that cannot run here ("unavailable") or broke ("failed"), with why."""
+    return {**_base(cand, target, batch, threads), "status": status, "reason": reason}
+
+
+def _methodology(cand: Candidate, target: Target, stats, val: ValImages, chunk: int,
+                 settings: dict) -> str:
+    pre = cand.preprocessing
+    ov = ""
+    if target.runtime == "openvino":
+        ov = (f" OpenVINO inference precision requested: {settings['requested_inference_precision']}, "
+              f"compiled: {settings.get('inference_precision_hint')}.")
+    return (f"Latency: {stats.methodology} Threads: {_threads_used(settings)}.{ov} "
+            f"Accuracy: top-1 over the first {val.count} val images (split {val.fingerprint[:12]}), "
+            f"preprocessed with the artifact's own metadata ({pre.input_size} px, crop {pre.crop_pct:g}, "
+            f"{pre.interpolation}), predicted in {target.runtime} on {target.device}, {chunk} images "
+            f"per call. Agreement: share of those images whose top-1 equals that of "
+            f"{cand.reference} (and of the teacher) in PyTorch eager FP32 on the CPU.")
+
+
+def _threads_used(settings: dict) -> str:
+    for key in ("torch_threads", "inference_num_threads", "threads"):
+        if settings.get(key) is not None:
+            return str(settings[key])
+    return "?"
+
+
+def measure_target(cand: Candidate, target: Target, cfg: Config, val: ValImages,
+                   models: TorchModels, log=_log) -> list[dict]:
+    """Rows of one artifact on one runtime and device: accuracy once, latency per batch size."""
+    from runtimes.harness import measure
+    bench = cfg.benchmark
+    session, settings = _open(cand, target, cfg, models)
+    fixed = fixed_batch(cand.path, cand.format)
+    # TensorRT profiles are built around small batches; one image per call fits any of them.
+    chunk = fixed or (1 if cand.format == Format.tensorrt else ACCURACY_CHUNK)
+    t0 = time.perf_counter()
+    preds = predict(session, val, cand.preprocessing, chunk, fixed).argmax(1)
+    if target.runtime == "torch" and target.device == "cpu":
+        models.remember(cand.name, preds)
+    params, macs = models.counts(cand.reference)
+    scored = {"accuracy": top1(preds, val.targets), "accuracy_images": val.count,
+              "agreement_reference": agreement(preds, models.predictions(cand.reference)),
+              "agreement_teacher": agreement(preds, models.predictions(TEACHER)),
+              "params": params, "macs": macs, "settings": settings,
+              "accuracy_seconds": round(time.perf_counter() - t0, 2)}
+    rows = []
+    for batch in bench.batch_sizes:
+        if fixed and batch != fixed:
+            rows.append(not_measured(cand, target, batch, bench.threads, "unavailable",
+                                     f"{cand.name} has a fixed batch of {fixed}; set "
+                                     f"export.dynamic_batch: true to measure batch {batch}"))
+            continue
+        stats = measure(session, val.batch(cand.preprocessing, batch), bench.warmup,
+                        bench.min_iterations, bench.min_seconds,
+                        cuda_events=hasattr(session, "cuda_stream"))
+        latency = {k: v for k, v in stats.to_dict().items() if k in LATENCY_FIELDS}
+        rows.append({**_base(cand, target, batch, bench.threads), "status": "ok", "reason": None,
+                     **scored, **latency,
+                     "methodology": _methodology(cand, target, stats, val, chunk, settings)})
+        log(f"{rows[-1]['id']:<40} top-1 {scored['accuracy']:6.2f}%  p50 {stats.p50_ms:8.3f} ms  "
+            f"p90 {stats.p90_ms:8.3f} ms  {stats.throughput_ips:9.1f} img/s")
+    return rows
+
+
+def build_rows(inputs: dict[str, Manifest], cfg: Config, log=_log) -> list[dict]:
+    """Benchmark every artifact of `inputs` (upstream manifests by stage) on every configured
+    runtime and device; torch models first, since they are the references for agreement."""
+    from pipeline.data import load_splits
+    bench = cfg.benchmark
+    val = ValImages(load_splits(cfg.data, cfg.run.seed).val, bench.accuracy_images)
+    cands = candidates(inputs)
+    models = TorchModels(cands, val, bench.threads)
+    rows: list[dict] = []
+    for cand in cands:
+        for target in targets_for(cand.format, bench):
+            reason = cand.unavailable or target.unavailable
+            if reason:
+                rows.append(not_measured(cand, target, None, bench.threads, "unavailable", reason))
+                log(f"{rows[-1]['id']:<40} unavailable: {reason}")
+                continue
+            try:
+                rows.extend(measure_target(cand, target, cfg, val, models, log))
+            except Exception as exc:  # one broken pair must not cost the others their numbers
+                reason = f"{type(exc).__name__}: {exc}"
+                rows.append(not_measured(cand, target, None, bench.threads, "failed", reason))
+                log(f"{rows[-1]['id']:<40} FAILED: {reason}\n{traceback.format_exc()}")
+    return rows
+
+
+def summary(rows: list[dict]) -> dict:
+    """Row counts by status, and the device families measured."""
+    out = {"rows": len(rows)}
+    for status in ("ok", "unavailable", "failed"):
+        out[status] = sum(r["status"] == status for r in rows)
+    out["devices"] = sorted({device_family(r["device"]) for r in rows if r["status"] == "ok"})
+    return out

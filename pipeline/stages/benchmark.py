@@ -1,0 +1,48 @@
+"""benchmark: accuracy and latency of every artifact on every runtime and device, one harness.
+
+Reads the teacher, the student, the pruned student, the int8 ONNX and every exported artifact;
+writes results.json: one row per artifact x runtime x device x batch (see pipeline.report.rows)
+and the environment the numbers were taken in. The teacher (PyTorch eager FP32, the headline's
+baseline) and the deployed candidates are measured in the same run, on the same machine.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+from pipeline.artifact import Artifact, Format
+from pipeline.config import Config
+from pipeline.stages.base import Context, Result, Stage
+from pipeline.stages.common import data_params
+
+RESULTS = "results.json"
+# Fields of cfg.benchmark that only pick the headline from measured rows: the report reads them.
+_SELECTION_ONLY = {"target", "deploy_tolerance"}
+
+
+def params(cfg: Config) -> dict:
+    return {"benchmark": cfg.benchmark.model_dump(mode="json", exclude=_SELECTION_ONLY),
+            **data_params(cfg)}
+
+
+def run(ctx: Context) -> Result:
+    from pipeline.environment import describe
+    from pipeline.report.rows import build_rows, summary
+    started = time.time()
+    rows = build_rows(ctx.inputs, ctx.cfg)
+    results = {"rows": rows, "environment": describe(ctx.cfg.benchmark.threads),
+               "benchmark": ctx.cfg.benchmark.model_dump(mode="json"),
+               "seconds": round(time.time() - started, 2)}
+    path = ctx.out_dir / RESULTS
+    path.write_text(json.dumps(results, indent=2, default=str))
+    counts = summary(rows)
+    print(f"benchmark: {counts['ok']} rows measured, {counts['unavailable']} unavailable here, "
+          f"{counts['failed']} failed, in {results['seconds']:.0f} s", flush=True)
+    return Result(outputs={"results": Artifact.of(ctx.out_dir, path, Format.data)},
+                  metrics={**counts, "seconds": results["seconds"]})
+
+
+STAGE = Stage(name="benchmark", version=1,
+              deps=("finetune", "distill", "prune", "quantize", "export"), params=params, run=run,
+              machine_dependent=True,
+              help="accuracy and latency of every artifact on every runtime and device")

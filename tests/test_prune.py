@@ -1,0 +1,179 @@
+"""Pruning: MAC targets, protected layers, round_to, code-free checkpoints, the latency budget,
+and the stage end to end on a tiny EfficientNet (depthwise convs and squeeze-excite blocks)."""
+import copy
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import RuntimeName
+from pipeline.config_load import load_config
+from pipeline.models.registry import ModelSpec, build_model, model_preprocessing
+from pipeline.prune.budget import BudgetNotMet, search_budget, search_ratio
+from pipeline.prune.checkpoint import save_pruned_model
+from pipeline.prune.latency import LatencyProbe
+from pipeline.prune.structured import (PruneError, PrunePlan, macs_and_params, protected_layers,
+                                       prune_to_macs, step_overrides)
+
+CLASSES = [str(d) for d in range(10)]
+SIZE = 32
+SPEC = ModelSpec("test_efficientnet", 10, 0.0)   # timm's tiny EfficientNet: depthwise convs + SE
+EXAMPLE = torch.zeros(1, 3, SIZE, SIZE)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return build_model(SPEC, "none").eval()
+
+
+def _pruned(ratio, plan=PrunePlan(round_to=1)):
+    model = _model()
+    macs0 = macs_and_params(model, EXAMPLE)[0]
+    prune_to_macs(model, EXAMPLE, int(macs0 * (1 - ratio)), plan, protected_layers(model, EXAMPLE, plan),
+                  step_overrides(model, plan, _widths(model, plan.layer_ratios), 1.0))
+    return model, macs0
+
+
+def _widths(model, names):
+    return {n: m.out_channels for n, m in model.named_modules() if n in names}
+
+
+def _convs(model):
+    return {n: (m.in_channels, m.out_channels) for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Conv2d)}
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.6])
+def test_mac_ratio_target_reached_within_tolerance(ratio):
+    model, macs0 = _pruned(ratio)
+    removed = 1 - macs_and_params(model, EXAMPLE)[0] / macs0
+    # never short of the target; over it by at most about one channel step of this tiny model
+    assert ratio <= removed <= ratio + 0.04, f"asked {ratio}, removed {removed:.4f}"
+    assert model(torch.randn(2, 3, SIZE, SIZE)).shape == (2, 10)
+
+
+def test_classifier_and_ignored_layers_keep_their_channels():
+    keep = "blocks.3.0.conv_pw"
+    original = _convs(_model())
+    head = _model().classifier
+    model, _ = _pruned(0.5, PrunePlan(round_to=1, ignored_layers=(keep,)))
+    after = _convs(model)
+    assert after[keep] == original[keep]
+    assert (model.classifier.in_features, model.classifier.out_features) == (head.in_features, head.out_features)
+    assert model.classifier.weight.shape == head.weight.shape
+    shrunk = [n for n in original if after[n][1] < original[n][1]]
+    assert len(shrunk) > 5, "the other layers should have been pruned"
+
+
+def test_unknown_layer_names_fail_with_suggestions():
+    with pytest.raises(PruneError, match=r"blocks\.3\.0\.conv_pwx.*did you mean blocks\.3\.0\.conv_pw"):
+        protected_layers(_model(), EXAMPLE, PrunePlan(ignored_layers=("blocks.3.0.conv_pwx",)))
+
+
+def test_layer_ratios_override_one_layer():
+    name = "blocks.3.0.conv_pw"
+    width = _convs(_model())[name][1]
+    model, _ = _pruned(0.3, PrunePlan(round_to=1, layer_ratios={name: 0.5}))
+    assert _convs(model)[name][1] == int(width * 0.5)
+
+
+def test_round_to_makes_pruned_widths_multiples_of_8():
+    original = _convs(_model())
+    eights, _ = _pruned(0.4, PrunePlan(round_to=8))
+    changed = {n: w[1] for n, w in _convs(eights).items() if w[1] != original[n][1]}
+    assert changed and all(c % 8 == 0 and c >= 8 for c in changed.values()), changed
+    ones, _ = _pruned(0.4, PrunePlan(round_to=1))   # the same request without rounding: odd widths
+    assert any(w[1] % 8 for n, w in _convs(ones).items() if w[1] != original[n][1])
+
+
+def test_pruned_checkpoint_round_trip_in_a_fresh_process(tmp_path):
+    model, _ = _pruned(0.5)
+    pre = model_preprocessing(SPEC, CLASSES, SIZE, 1.0)
+    artifact = save_pruned_model(model, SPEC, pre, tmp_path)
+    folder = tmp_path / artifact.path
+    assert json.loads((folder / "model.json").read_text())["pruned"] is True
+    x = torch.randn(4, 3, SIZE, SIZE)
+    np.save(tmp_path / "x.npy", x.numpy())
+    with torch.no_grad():
+        expected = model(x).numpy()
+    code = ("import sys, numpy as np, torch; torch.set_num_threads(1); "
+            "from pipeline.models.checkpoint import load_checkpoint; "
+            "m = load_checkpoint(sys.argv[1]); x = torch.from_numpy(np.load(sys.argv[2])); "
+            "np.save(sys.argv[3], m(x).detach().numpy()); "
+            "print(m.blocks[3][0].conv_pw.out_channels)")
+    done = subprocess.run([sys.executable, "-c", code, str(folder), str(tmp_path / "x.npy"),
+                           str(tmp_path / "y.npy")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.split()[-1]) == model.blocks[3][0].conv_pw.out_channels
+    assert int(done.stdout.split()[-1]) < _model().blocks[3][0].conv_pw.out_channels
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), expected)
+
+
+def test_search_ratio_picks_the_least_pruning_that_meets_the_budget():
+    def latency(ratio):      # a monotone stand-in for a measured curve, to check the bisection
+        return {"p50_ms": 10.0 * (1 - ratio), "p90_ms": 11.0 * (1 - ratio)}
+    found = search_ratio(latency, budget_ms=6.0, max_ratio=0.8, bisections=8, where="x/cpu")
+    assert 0.4 <= found.ratio <= 0.4 + 0.8 / 2**8 and all(t["p50_ms"] > 0 for t in found.trials)
+    assert search_ratio(latency, budget_ms=10.0, max_ratio=0.8, bisections=8, where="x/cpu").ratio == 0.0
+
+
+def test_budget_not_met_names_the_best_reached(tmp_path):
+    model = _model()
+    pre = model_preprocessing(SPEC, CLASSES, SIZE, 1.0)
+    plan = PrunePlan(round_to=1)
+    cfg = load_config(None, ["prune.latency_budget_ms=0.0001", "prune.budget_max_ratio=0.5",
+                             "prune.measure_seconds=0.05"])
+    probe = LatencyProbe(RuntimeName.onnxruntime, "cpu", threads=1, seconds=0.05)
+    with pytest.raises(BudgetNotMet) as err:
+        search_budget(model, EXAMPLE, plan, protected_layers(model, EXAMPLE, plan), {}, pre, probe,
+                      cfg.prune, tmp_path, log=lambda *_: None)
+    message = str(err.value)
+    assert message.startswith("no pruning ratio up to 0.5 met latency_budget_ms=0.0001 on onnxruntime/cpu; "
+                              "best reached ")
+    best = float(message.split("best reached ")[1].split(" ms")[0])
+    assert best > 0.0001 and "at ratio" in message
+
+
+def test_prune_stage_end_to_end(tmp_path):
+    """finetune/distill entries with tiny models, then the stage: MACs, latency, accuracy, reload."""
+    from pipeline.stages.base import Context
+    from pipeline.stages.common import load_model, save_model
+    from pipeline.stages.prune import STAGE
+    from pipeline.store import Manifest, Store
+
+    cfg = load_config(None, [f"run.store={tmp_path / 'runs'}", "run.threads=1", "prune.ratio=0.4",
+                             "prune.steps=2", "prune.importance=taylor", "prune.round_to=1",
+                             "prune.recover.epochs=1", "prune.recover.augment.random_resized_crop=null",
+                             "prune.measure_seconds=0.05", "prune.measure_rounds=1",
+                             "prune.budget_threads=1"])
+    store = Store(cfg.run.store)
+    pre = model_preprocessing(SPEC, CLASSES, SIZE, 1.0)
+    inputs = {}
+    for stage, seed in (("finetune", 1), ("distill", 2)):
+        staging = store.staging_dir(stage, stage)
+        art = save_model(_model(seed), SPEC, pre, staging)
+        inputs[stage] = store.commit(staging, Manifest(stage, 1, stage, {}, {}, {"model": art}))
+    out = tmp_path / "out"
+    out.mkdir()
+    result = STAGE.run(Context(cfg=cfg, inputs=inputs, out_dir=out, store_root=store.root))
+    m = result.metrics
+    assert 0.4 <= m["summary"]["macs_removed"] <= 0.43 and len(m["steps"]) == 2
+    assert m["steps"][0]["macs_removed"] < m["steps"][1]["macs_removed"]
+    for block in (m["before"], m["after"], *m["steps"]):
+        assert block["latency"]["p50_ms"] > 0 and block["latency"]["p90_ms"] >= block["latency"]["p50_ms"]
+    assert 0 <= m["after"]["val_top1"] <= 100 and "speedup_p50" in m["summary"]
+    manifest = Manifest("prune", 1, "k", {}, {}, result.outputs, entry_dir=out)
+    reloaded, reloaded_pre = load_model(manifest)
+    assert reloaded_pre == pre
+    assert macs_and_params(reloaded, EXAMPLE)[0] == m["after"]["macs"]
