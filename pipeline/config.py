@@ -180,12 +180,22 @@ class Calibration(Strict):
     method: CalibMethod = CalibMethod.minmax
 
 
+class QuantScheme(str, Enum):
+    auto = "auto"                        # u8s8 where the CPU has VNNI, else 7-bit weights
+    u8s8 = "u8s8"
+    u8s8_reduce_range = "u8s8_reduce_range"
+    u8u8 = "u8u8"
+    s8s8 = "s8s8"                        # zero-point-0 activations: what TensorRT accepts
+
+
 class Quantize(Strict):
     method: QuantMethod = QuantMethod.onnxruntime
+    scheme: QuantScheme = QuantScheme.auto
     calibration: Calibration = Calibration()
     per_channel: bool = True
     max_accuracy_drop: float = Field(1.0, ge=0, description="points of val top-1")
-    sensitivity_samples: int = Field(200, ge=1)
+    max_float_layers: int = Field(10, ge=0, description="most layers the accuracy search keeps in float")
+    sensitivity_samples: int = Field(64, ge=1, description="val images the sensitivity pass compares on")
 
 
 class TensorRT(Strict):

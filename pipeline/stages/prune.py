@@ -67,8 +67,9 @@ def _broadcast(value):
 
 
 def _prune_step(i, n, ratio, student, setup) -> dict:
-    """One step: score (taylor), prune to this step's MAC target, recover; returns its metrics."""
-    from pipeline.prune.recover import accumulate_gradients, recover
+    """One step: score (taylor), prune to this step's MAC target, re-estimate BatchNorm statistics,
+    recover; returns its metrics."""
+    from pipeline.prune.recover import accumulate_gradients, recalibrate_batchnorm, recover
     from pipeline.prune.structured import macs_and_params, prune_to_macs, step_overrides
     from pipeline.train.loop import evaluate
     s, p = setup, setup["cfg"].prune
@@ -80,6 +81,7 @@ def _prune_step(i, n, ratio, student, setup) -> dict:
                                   s["protected"], step_overrides(student, s["plan"], s["original"], i / n))
     student.zero_grad(set_to_none=True)
     macs, n_params = macs_and_params(student, s["example"])
+    recalibrate_batchnorm(student, s["calib"], p.recover.batch_size, s["device"])
     top1_pruned = evaluate(student, s["val"], s["device"])["top1"]
     _log(f"step {i}/{n}: {1 - macs / s['macs0']:.1%} of MACs removed (channel ratio {channel_ratio:.3f}), "
          f"val {top1_pruned:.2f}% before recovery")
@@ -122,6 +124,7 @@ def run(ctx: Context) -> Result:
     s = {"cfg": cfg, "plan": plan, "example": example, "device": device,
          "train": TorchImageSet(splits.train, pre, augment, cfg.run.seed),
          "val": TorchImageSet(splits.val, pre, None, cfg.run.seed),
+         "calib": TorchImageSet(splits.train, pre, None, cfg.run.seed),   # BN statistics: fixed pixels
          "loss": _recovery_loss(ctx, pre, splits, device),
          "protected": protected_layers(student, example, plan),
          "original": {n: out_channels(m) for n, m in student.named_modules() if n in plan.layer_ratios}}

@@ -1,0 +1,112 @@
+"""The CI gate's budgets, evaluated against report.json.
+
+    min_accuracy        val top-1 (%) of the deployed model           >= limit
+    max_accuracy_drop   teacher top-1 minus deployed top-1 (points)   <= limit
+    max_p90_ms          {"runtime/device": ms}: p90 at the headline batch of the fastest artifact
+                        on that runtime and device whose accuracy is within the deploy tolerance
+                        of the teacher (the model one would ship there)  <= limit
+    max_size_mb         size on disk of the deployed model (MB = 10^6 bytes)  <= limit
+
+A p90 budget for a runtime/device that cannot run here (TensorRT on a CPU machine) is skipped
+with the reason, so one budget file serves every CI machine; a key that matches no row at all
+fails, since it is most likely a typo.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from pipeline.config import Check
+
+PASS, FAIL, SKIP = "pass", "fail", "skip"
+
+
+@dataclass
+class Verdict:
+    name: str
+    status: str                 # pass | fail | skip
+    limit: float
+    unit: str
+    kind: str                   # "min" or "max"
+    measured: float | None = None
+    subject: str = ""           # the row that was measured
+    note: str = ""              # why it was skipped, or what could not be measured
+
+    @property
+    def message(self) -> str:
+        """One line: the budget, the measured value and the limit, and what was measured."""
+        op = ">=" if self.kind == "min" else "<="
+        digits = 2 if self.unit in ("%", "points") else 3
+        if self.measured is None:
+            return f"{self.status.upper():<4} {self.name}: {self.note} (limit {op} {self.limit:.{digits}f} {self.unit})"
+        line = (f"{self.status.upper():<4} {self.name}: measured {self.measured:.{digits}f} {self.unit}, "
+                f"limit {op} {self.limit:.{digits}f} {self.unit}")
+        return line + (f" ({self.subject})" if self.subject else "") + (f"; {self.note}" if self.note else "")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "message": self.message}
+
+
+def _judge(name, value, limit, unit, kind, subject="", note="") -> Verdict:
+    ok = value >= limit if kind == "min" else value <= limit
+    return Verdict(name, PASS if ok else FAIL, limit, unit, kind, value, subject, note)
+
+
+def _row(report: dict, row_id: str | None) -> dict | None:
+    return next((r for r in report["rows"] if r["id"] == row_id), None)
+
+
+def _fastest_shippable(report: dict, runtime: str, device: str) -> tuple[dict | None, list[dict], str]:
+    """(row, the rows of that runtime/device, note) for a p90 budget."""
+    h = report.get("headline") or {}
+    rows = [r for r in report["rows"] if r["runtime"] == runtime and r["device"] == device]
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        return None, rows, ""
+    batch = h.get("batch", min(r["batch"] for r in ok))
+    ok = [r for r in ok if r["batch"] == batch] or ok
+    shippable = [r for r in ok if r["format"] != "torch"] or ok
+    teacher = h.get("teacher_accuracy")
+    tolerance = report["settings"].get("deploy_tolerance", 1.0)
+    within = [r for r in shippable if teacher is None or r["accuracy"] >= teacher - tolerance]
+    note = "" if within else f"no artifact there is within {tolerance:g} points of the teacher: fastest of all"
+    return min(within or shippable, key=lambda r: r["p90_ms"]), rows, note
+
+
+def evaluate(report: dict, check: Check) -> list[Verdict]:
+    """One verdict per configured budget, in the order of the config."""
+    h = report.get("headline")
+    deployed = _row(report, h["deployed"]) if h else None
+    missing = ("the report has no deployed model (no measured teacher or deployable row on the "
+               f"target '{report['settings'].get('target')}'); run the benchmark on that device")
+    out: list[Verdict] = []
+    if check.min_accuracy is not None:
+        out.append(_judge("min_accuracy", deployed["accuracy"], check.min_accuracy, "%", "min", deployed["id"])
+                   if deployed else Verdict("min_accuracy", FAIL, check.min_accuracy, "%", "min", note=missing))
+    if check.max_accuracy_drop is not None:
+        out.append(_judge("max_accuracy_drop", -h["accuracy_change_points"], check.max_accuracy_drop, "points",
+                          "max", f"{h['teacher']} -> {h['deployed']}")
+                   if deployed else Verdict("max_accuracy_drop", FAIL, check.max_accuracy_drop, "points",
+                                            "max", note=missing))
+    for key, limit in check.max_p90_ms.items():
+        name = f"max_p90_ms[{key}]"
+        runtime, _, device = key.partition("/")
+        if not runtime or not device:
+            out.append(Verdict(name, FAIL, limit, "ms", "max",
+                               note=f"key '{key}' is not 'runtime/device' (e.g. 'openvino/cpu')"))
+            continue
+        row, rows, note = _fastest_shippable(report, runtime, device)
+        if row is not None:
+            out.append(_judge(name, row["p90_ms"], limit, "ms", "max", row["id"], note))
+        elif rows:
+            reasons = sorted({r["reason"] for r in rows if r.get("reason")})
+            out.append(Verdict(name, SKIP, limit, "ms", "max",
+                               note=f"not measured here: {'; '.join(reasons) or 'no measured row'}"))
+        else:
+            known = sorted({f"{r['runtime']}/{r['device']}" for r in report["rows"]})
+            out.append(Verdict(name, FAIL, limit, "ms", "max",
+                               note=f"no row for '{key}' in the report (rows exist for: {', '.join(known)})"))
+    if check.max_size_mb is not None:
+        out.append(_judge("max_size_mb", deployed["size_bytes"] / 1e6, check.max_size_mb, "MB", "max",
+                          deployed["id"])
+                   if deployed else Verdict("max_size_mb", FAIL, check.max_size_mb, "MB", "max", note=missing))
+    return out

@@ -1,0 +1,56 @@
+"""report.json: the benchmark rows, enriched, with the headline, the environment and upstream notes."""
+from __future__ import annotations
+
+import time
+
+from pipeline.config import Config
+from pipeline.report.artifacts import TEACHER
+from pipeline.report.headline import headlines
+from pipeline.report.pareto import mark_pareto
+from pipeline.report.targets import device_family
+from pipeline.report.upstream import upstream_notes
+from pipeline.store import Manifest
+
+SCHEMA = 1
+STAGE_ORDER = ("finetune", "distill", "prune", "quantize", "export")
+MB = 1e6   # sizes are reported in MB of 10^6 bytes, budgets too
+
+
+def teacher_accuracy(rows: list[dict]) -> float | None:
+    """The teacher's val top-1 in PyTorch eager FP32 on the CPU (the accuracy reference)."""
+    row = next((r for r in rows if r["status"] == "ok" and r["artifact"] == TEACHER
+                and r["runtime"] == "torch" and r["device"] == "cpu"), None)
+    return row["accuracy"] if row else None
+
+
+def enrich(rows: list[dict]) -> list[dict]:
+    """Copies of the rows with device family, size in MB, accuracy change against the teacher
+    and Pareto membership added, in pipeline order (stage, then artifact, runtime, device, batch)."""
+    out = [dict(r) for r in rows]
+    base = teacher_accuracy(out)
+    for r in out:
+        r["device_family"] = device_family(r["device"])
+        r["size_mb"] = r["size_bytes"] / MB if r.get("size_bytes") is not None else None
+        r["accuracy_delta_teacher"] = (r["accuracy"] - base if base is not None
+                                       and r.get("accuracy") is not None else None)
+    mark_pareto(out)
+    order = {s: i for i, s in enumerate(STAGE_ORDER)}
+    return sorted(out, key=lambda r: order.get(r["stage"], len(order)))  # stable: keeps run order within
+
+
+def build_report(results: dict, inputs: dict[str, Manifest], cfg: Config) -> dict:
+    """The report document: rows, headlines (target first), environment, notes, settings."""
+    rows = enrich(results["rows"])
+    heads = headlines(rows, cfg.benchmark.target, cfg.benchmark.deploy_tolerance)
+    primary = heads[0] if heads and heads[0]["target"] == cfg.benchmark.target else None
+    for r in rows:
+        r["deployed"] = bool(primary) and r["id"] == primary["deployed"]
+    bench = inputs.get("benchmark")
+    return {"schema": SCHEMA, "run": cfg.run.name,
+            "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "benchmark_key": bench.key if bench else None,
+            "headline": primary, "headlines": heads,
+            "settings": {**results.get("benchmark", {}), "target": cfg.benchmark.target,
+                         "deploy_tolerance": cfg.benchmark.deploy_tolerance},
+            "rows": rows, "environment": results.get("environment", {}),
+            "upstream": upstream_notes(inputs)}

@@ -1,0 +1,92 @@
+"""The headline: the deployed model against the fine-tuned teacher in PyTorch eager FP32.
+
+The deployed model is the row with the lowest p90 latency on the target device (benchmark.target)
+at the smallest benchmarked batch, among the deployable artifacts (ONNX, OpenVINO, TensorRT) whose
+val top-1 is within benchmark.deploy_tolerance points of the teacher's. When none is, it is the
+most accurate deployable row, and the headline says it missed the tolerance. Without deployable
+rows (export not run) the student and pruned torch models stand in. Both sides come from one
+benchmark run on one machine, so the speed-up is measured, never combined across runs.
+"""
+from __future__ import annotations
+
+from pipeline.report.artifacts import TEACHER
+from pipeline.report.targets import device_family, is_eager
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def find_teacher(rows: list[dict], target: str, batch: int) -> dict | None:
+    """The teacher's PyTorch eager row on the target device family at `batch`."""
+    return next((r for r in rows if r["status"] == "ok" and r["artifact"] == TEACHER
+                 and is_eager(r["runtime"], r["device"]) and device_family(r["device"]) == target
+                 and r["batch"] == batch), None)
+
+
+def deployed_candidates(rows: list[dict], target: str, batch: int) -> list[dict]:
+    """Measured rows on the target at `batch` that could be shipped (exported artifacts first)."""
+    here = [r for r in rows if r["status"] == "ok" and device_family(r["device"]) == target
+            and r["batch"] == batch]
+    deployable = [r for r in here if r["format"] != "torch"]
+    return deployable or [r for r in here if r["artifact"] != TEACHER]
+
+
+def headline(rows: list[dict], target: str = "cpu", tolerance: float = 1.0,
+             batch: int | None = None) -> dict | None:
+    """The deployed row vs the teacher row: speed-up (p50, p90), accuracy and size change.
+    None when the target has no measured teacher row or nothing to deploy."""
+    measured = [r for r in rows if r["status"] == "ok" and device_family(r["device"]) == target]
+    if not measured:
+        return None
+    batch = batch if batch is not None else min(r["batch"] for r in measured)
+    teacher = find_teacher(rows, target, batch)
+    options = deployed_candidates(rows, target, batch)
+    if teacher is None or not options:
+        return None
+    floor = teacher["accuracy"] - tolerance
+    within = [r for r in options if r["accuracy"] >= floor]
+    deployed = (min(within, key=lambda r: r["p90_ms"]) if within
+                else max(options, key=lambda r: (r["accuracy"], -r["p90_ms"])))
+    out = {"target": target, "batch": batch, "tolerance_points": tolerance,
+           "within_tolerance": bool(within), "teacher": teacher["id"], "deployed": deployed["id"],
+           "deployed_artifact": deployed["artifact"], "deployed_runtime": deployed["runtime"],
+           "deployed_device": deployed["device"]}
+    for q in ("p50_ms", "p90_ms", "p99_ms"):
+        out[f"teacher_{q}"], out[f"deployed_{q}"] = teacher[q], deployed[q]
+    out["speedup_p50"] = _ratio(teacher["p50_ms"], deployed["p50_ms"])
+    out["speedup_p90"] = _ratio(teacher["p90_ms"], deployed["p90_ms"])
+    out["teacher_accuracy"], out["deployed_accuracy"] = teacher["accuracy"], deployed["accuracy"]
+    out["accuracy_change_points"] = deployed["accuracy"] - teacher["accuracy"]
+    out["teacher_size_bytes"], out["deployed_size_bytes"] = teacher["size_bytes"], deployed["size_bytes"]
+    out["size_change_bytes"] = ((deployed["size_bytes"] or 0) - (teacher["size_bytes"] or 0)
+                                if teacher["size_bytes"] is not None and deployed["size_bytes"] is not None
+                                else None)
+    out["size_ratio"] = _ratio(teacher["size_bytes"], deployed["size_bytes"])
+    out["text"] = headline_text(out)
+    return out
+
+
+def headline_text(h: dict) -> str:
+    """One paragraph an engineer can paste into a PR."""
+    miss = "" if h["within_tolerance"] else (
+        f" No deployable artifact is within {h['tolerance_points']:g} points of the teacher; "
+        "this is the most accurate one.")
+    size = ""
+    if h["size_ratio"]:
+        size = (f" {h['deployed_size_bytes'] / 1e6:.2f} MB vs {h['teacher_size_bytes'] / 1e6:.2f} MB "
+                f"on disk ({h['size_ratio']:.1f}x smaller).")
+    return (f"Deployed model {h['deployed_artifact']} on {h['deployed_runtime']}/{h['deployed_device']} "
+            f"(batch {h['batch']}): {h['speedup_p90']:.1f}x faster at p90 ({h['deployed_p90_ms']:.3f} "
+            f"vs {h['teacher_p90_ms']:.3f} ms) and {h['speedup_p50']:.1f}x at p50 than the fine-tuned "
+            f"teacher in PyTorch eager FP32 on {h['target']}, measured in the same run; val top-1 "
+            f"{h['deployed_accuracy']:.2f}% vs {h['teacher_accuracy']:.2f}% "
+            f"({h['accuracy_change_points']:+.2f} points).{size}{miss}")
+
+
+def headlines(rows: list[dict], target: str, tolerance: float) -> list[dict]:
+    """The configured target's headline first, then one for every other device family measured
+    (a GPU machine gets a CPU and a CUDA headline)."""
+    families = [target] + sorted({device_family(r["device"]) for r in rows
+                                  if r["status"] == "ok"} - {target})
+    return [h for h in (headline(rows, f, tolerance) for f in families) if h]

@@ -1,0 +1,90 @@
+"""report.md: the tables an engineer reads in a pull request."""
+from __future__ import annotations
+
+from pipeline.report import tables
+
+PLOTS = {"accuracy_vs_p90": "Accuracy vs p90 latency (Pareto front marked)",
+         "latency_per_stage": "Latency per stage", "size_per_stage": "Size per stage"}
+
+
+def md_table(headers, lines) -> str:
+    def esc(cell) -> str:
+        return str(cell).replace("|", "\\|").replace("\n", " ")
+    out = ["| " + " | ".join(esc(h) for h in headers) + " |",
+           "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(esc(c) for c in line) + " |" for line in lines]
+    return "\n".join(out)
+
+
+def _headline(report: dict) -> list[str]:
+    out = ["## Headline", ""]
+    if not report["headlines"]:
+        return out + ["No headline: the target device has no measured teacher row or nothing to "
+                      "deploy (see the tables below).", ""]
+    for h in report["headlines"]:
+        out += [f"**{h['target']}**: {h['text']}", "",
+                md_table(("", "teacher (PyTorch eager FP32)", f"deployed: {h['deployed']}", "change"),
+                         tables.headline_table(h)), ""]
+    return out
+
+
+def _notes(up: dict) -> list[str]:
+    out = []
+    for w in up.get("warnings", []):
+        out.append(f"- **Warning:** {w}")
+    ft = up.get("finetune") or {}
+    nt = ft.get("negative_transfer")
+    if nt:
+        out.append(f"- Negative-transfer check: pretrained {nt.get('pretrained_top1')}% vs from scratch "
+                   f"{nt.get('scratch_top1')}% ({'NEGATIVE TRANSFER' if nt.get('negative_transfer') else 'pretraining helps'}).")
+    ds = up.get("distill") or {}
+    if ds.get("student_alone_top1") is not None:
+        out.append(f"- Distillation: student alone {tables.num(ds['student_alone_top1'])}%, distilled "
+                   f"{tables.num(ds.get('val_top1'))}% ({tables.num(ds.get('distill_gain_points'), signed=True)} "
+                   f"points), teacher {tables.num(ds.get('teacher_top1'))}%.")
+    pr = up.get("prune") or {}
+    if pr:
+        parts = [f"{k.replace('_', ' ')} {v}" for k, v in pr.items()
+                 if k not in ("runtime", "budget") and v is not None]
+        out.append("- Pruning: " + "; ".join(parts) + ".")
+    qz = up.get("quantize") or {}
+    if qz:
+        out.append("- Quantization: " + "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in qz.items()
+                                                   if v not in (None, [], {})) + ".")
+    ex = up.get("export") or {}
+    for name, reason in (ex.get("unavailable") or {}).items():
+        out.append(f"- Not built here: {name}: {reason}")
+    return (["## Pipeline notes", "", *out, ""] if out else [])
+
+
+def _methodology(report: dict) -> list[str]:
+    out = ["## How each row was measured", "",
+           "Latency: one harness for every runtime (`runtimes.harness.measure`); accuracy: val top-1 "
+           "in the runtime and on the device of the row; agreement: share of val images whose top-1 "
+           "equals that of the FP32 PyTorch model the artifact descends from (`Agree ref`) and of the "
+           "teacher. Sizes are MB of 10^6 bytes of the model's graph and weight files; exported "
+           "artifacts carry the params and MACs of the torch model they were exported from.", "",
+           "<details><summary>Per row</summary>", ""]
+    for r in report["rows"]:
+        if r["status"] == "ok":
+            out.append(f"- `{r['id']}`: {r['methodology']}")
+    return out + ["", "</details>", ""]
+
+
+def render(report: dict, plot_files: dict[str, str] | None = None) -> str:
+    """The whole report.md. `plot_files` maps plot names to file names beside it."""
+    out = [f"# edgeship report: {report['run']}", "",
+           f"Generated {report['generated']}; benchmark entry {report.get('benchmark_key')}; "
+           f"target {report['settings'].get('target')}, deploy tolerance "
+           f"{report['settings'].get('deploy_tolerance')} points.", ""]
+    out += _headline(report)
+    out += ["## Measured", "", md_table(tables.MEASURED_HEADERS, tables.measured(report)), ""]
+    missing = tables.not_measured(report)
+    if missing:
+        out += ["## Not measured here", "", md_table(tables.NOT_MEASURED_HEADERS, missing), ""]
+    for name, fname in (plot_files or {}).items():
+        out += [f"![{PLOTS.get(name, name)}]({fname})", ""]
+    out += _notes(report.get("upstream") or {})
+    out += ["## Environment", "", *[f"- {line}" for line in tables.environment_lines(report["environment"])], ""]
+    out += _methodology(report)
+    return "\n".join(out)

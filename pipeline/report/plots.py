@@ -1,0 +1,125 @@
+"""The report's plots as PNG bytes (matplotlib, Agg backend: no display needed).
+
+accuracy_vs_p90: every measured row on the headline's device and batch, Pareto front marked;
+latency_per_stage: p50 and p90 of those rows in pipeline order, coloured by stage;
+size_per_stage: size on disk of each artifact, coloured by stage.
+"""
+from __future__ import annotations
+
+import io
+
+from pipeline.report.build import STAGE_ORDER
+
+STAGE_COLOURS = {"finetune": "#4c72b0", "distill": "#dd8452", "prune": "#55a868",
+                 "quantize": "#c44e52", "export": "#8172b3"}
+RUNTIME_MARKERS = {"torch": "o", "onnxruntime": "s", "openvino": "D", "tensorrt": "^"}
+
+
+def _selected(report: dict) -> list[dict]:
+    h = report.get("headline") or (report.get("headlines") or [None])[0]
+    ok = [r for r in report["rows"] if r["status"] == "ok"]
+    if h:
+        return [r for r in ok if r["device_family"] == h["target"] and r["batch"] == h["batch"]]
+    if not ok:
+        return []
+    first = ok[0]
+    return [r for r in ok if r["device_family"] == first["device_family"] and r["batch"] == first["batch"]]
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _label(r: dict) -> str:
+    return f"{r['artifact']}\n{r['runtime']}/{r['device']}"
+
+
+def accuracy_vs_latency(rows: list[dict], title: str) -> bytes:
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 5.2))
+    for r in rows:
+        ax.scatter(r["p90_ms"], r["accuracy"], s=70, marker=RUNTIME_MARKERS.get(r["runtime"], "o"),
+                   color=STAGE_COLOURS.get(r["stage"], "grey"), edgecolor="black", linewidth=0.6, zorder=3)
+        ax.annotate(r["artifact"] + (" (deployed)" if r.get("deployed") else ""), (r["p90_ms"], r["accuracy"]),
+                    textcoords="offset points", xytext=(6, 4), fontsize=7.5)
+    front = sorted((r for r in rows if r.get("pareto")), key=lambda r: r["p90_ms"])
+    if front:
+        ax.step([r["p90_ms"] for r in front], [r["accuracy"] for r in front], where="post",
+                color="black", linestyle="--", linewidth=1, zorder=2, label="Pareto front")
+        ax.scatter([r["p90_ms"] for r in front], [r["accuracy"] for r in front], s=200, facecolors="none",
+                   edgecolors="black", linewidth=1.2, zorder=4)
+    lat = [r["p90_ms"] for r in rows]
+    if lat and max(lat) / max(min(lat), 1e-9) > 20:
+        ax.set_xscale("log")
+    for runtime, marker in RUNTIME_MARKERS.items():
+        if any(r["runtime"] == runtime for r in rows):
+            ax.scatter([], [], marker=marker, color="white", edgecolor="black", label=runtime)
+    for stage in STAGE_ORDER:
+        if any(r["stage"] == stage for r in rows):
+            ax.scatter([], [], marker="o", color=STAGE_COLOURS[stage], label=f"stage: {stage}")
+    ax.set_xlabel("p90 latency (ms, lower is better)")
+    ax.set_ylabel("val top-1 (%, higher is better)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7.5, loc="lower right")
+    return _png(fig)
+
+
+def latency_per_stage(rows: list[dict], title: str) -> bytes:
+    import matplotlib.pyplot as plt
+    rows = list(rows)
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.4))
+    y = list(range(len(rows)))[::-1]
+    ax.barh(y, [r["p90_ms"] for r in rows], color=[STAGE_COLOURS.get(r["stage"], "grey") for r in rows],
+            edgecolor="black", linewidth=0.5, label="p90")
+    ax.scatter([r["p50_ms"] for r in rows], y, color="white", edgecolor="black", zorder=3, s=25, label="p50")
+    for yi, r in zip(y, rows):
+        ax.text(r["p90_ms"], yi, f" {r['p90_ms']:.3g} ms", va="center", fontsize=7.5)
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"{r['stage']}: {r['artifact']} ({r['runtime']}/{r['device']})" for r in rows], fontsize=8)
+    lat = [r["p90_ms"] for r in rows]
+    if lat and max(lat) / max(min(lat), 1e-9) > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel("latency (ms): bar p90, dot p50")
+    ax.set_title(title)
+    ax.grid(True, axis="x", alpha=0.3)
+    return _png(fig)
+
+
+def size_per_stage(rows: list[dict], title: str) -> bytes:
+    import matplotlib.pyplot as plt
+    seen: dict[str, dict] = {}
+    for r in rows:
+        if r.get("size_bytes") is not None:
+            seen.setdefault(r["artifact"], r)
+    arts = list(seen.values())
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(arts) + 1.4))
+    y = list(range(len(arts)))[::-1]
+    sizes = [r["size_bytes"] / 1e6 for r in arts]
+    ax.barh(y, sizes, color=[STAGE_COLOURS.get(r["stage"], "grey") for r in arts], edgecolor="black", linewidth=0.5)
+    for yi, mb in zip(y, sizes):
+        ax.text(mb, yi, f" {mb:.2f} MB", va="center", fontsize=7.5)
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"{r['stage']}: {r['artifact']} ({r['format']}, {r['precision']})" for r in arts], fontsize=8)
+    ax.set_xlabel("size on disk (MB = 10^6 bytes)")
+    ax.set_title(title)
+    ax.grid(True, axis="x", alpha=0.3)
+    return _png(fig)
+
+
+def render_all(report: dict) -> dict[str, bytes]:
+    """The three plots by name; empty when nothing was measured."""
+    import matplotlib
+    matplotlib.use("Agg")
+    rows = _selected(report)
+    if not rows:
+        return {}
+    where = f"{rows[0]['device_family']}, batch {rows[0]['batch']}"
+    all_ok = [r for r in report["rows"] if r["status"] == "ok"]
+    return {"accuracy_vs_p90": accuracy_vs_latency(rows, f"Accuracy vs p90 latency ({where})"),
+            "latency_per_stage": latency_per_stage(rows, f"Latency per stage ({where})"),
+            "size_per_stage": size_per_stage(all_ok, "Size on disk per stage")}

@@ -1,0 +1,67 @@
+"""What the earlier stages said that a reviewer should see next to the numbers.
+
+Read defensively, key by key: a stage that did not record something simply adds nothing.
+"""
+from __future__ import annotations
+
+from pipeline.store import Manifest
+
+
+def _num(d: dict, *path):
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def _scalars(d: dict) -> dict:
+    return {k: v for k, v in (d or {}).items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+
+def upstream_notes(inputs: dict[str, Manifest]) -> dict:
+    """Warnings and summaries from finetune, distill, prune, quantize and export metrics."""
+    notes: dict = {"warnings": []}
+    ft = inputs.get("finetune")
+    if ft is not None:
+        m = ft.metrics
+        notes["finetune"] = {"val_top1": m.get("val_top1"), "best_epoch": m.get("best_epoch"),
+                             "params": m.get("params"), "macs": m.get("macs"),
+                             "backbone": _num(ft.outputs.get("model").metadata if "model" in ft.outputs
+                                              else {}, "spec", "name")}
+        nt = m.get("negative_transfer")
+        if isinstance(nt, dict):
+            notes["finetune"]["negative_transfer"] = {k: nt.get(k) for k in
+                                                      ("pretrained_top1", "scratch_top1", "gain_points",
+                                                       "negative_transfer")}
+            if nt.get("warning"):
+                notes["warnings"].append(nt["warning"])
+    ds = inputs.get("distill")
+    if ds is not None:
+        m = ds.metrics
+        notes["distill"] = {"val_top1": m.get("val_top1"), "student_alone_top1": m.get("student_alone_top1"),
+                            "distill_gain_points": m.get("distill_gain_points"),
+                            "teacher_top1": m.get("teacher_top1"),
+                            "student": _num(m, "student", "backbone")}
+        gain = m.get("distill_gain_points")
+        if isinstance(gain, (int, float)) and gain < 0:
+            notes["warnings"].append(
+                f"Distillation lost {-gain:.2f} points against the student trained alone "
+                f"({m.get('val_top1')}% vs {m.get('student_alone_top1')}%): try a higher "
+                "distill.temperature or a lower distill.alpha.")
+    pr = inputs.get("prune")
+    if pr is not None:
+        m = pr.metrics
+        notes["prune"] = {"mode": m.get("mode"), **_scalars(m.get("summary")),
+                          "val_top1_before": _num(m, "before", "val_top1"),
+                          "val_top1_after": _num(m, "after", "val_top1"),
+                          "runtime": m.get("runtime"), "budget": m.get("budget")}
+    qz = inputs.get("quantize")
+    if qz is not None:
+        m = qz.metrics
+        notes["quantize"] = {**_scalars(m), **{k: v for k, v in m.items()
+                                               if "exclud" in k or "float" in k or "fallback" in k}}
+    ex = inputs.get("export")
+    if ex is not None:
+        notes["export"] = {"built": sorted(ex.outputs), "unavailable": ex.metrics.get("unavailable") or {}}
+    return notes

@@ -1,0 +1,75 @@
+"""check: the CI gate. Budgets from the config against report.json; a failing budget fails the run.
+
+Prints every budget with its measured value and limit, writes JUnit XML into the store entry and
+to `check.junit` (relative to the working directory) for CI systems to display, and raises
+BudgetFailed when any budget fails: the CLI exits with EXIT_BUDGET and nothing is committed,
+so a failing check is never cached as passed.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pipeline.artifact import Artifact, Format
+from pipeline.config import Config
+from pipeline.stages.base import Context, Result, Stage
+
+JUNIT, VERDICTS = "junit.xml", "check.json"
+
+
+class BudgetFailed(RuntimeError):
+    """One or more budgets failed; the message lists each with its measured value and limit."""
+
+    def __init__(self, failures: list, junit: Path | None):
+        self.failures = failures
+        self.junit = junit
+        lines = [f"{len(failures)} budget(s) failed:"] + [f"  {v.message}" for v in failures]
+        if junit:
+            lines.append(f"JUnit XML: {junit}")
+        super().__init__("\n".join(lines))
+
+
+def params(cfg: Config) -> dict:
+    return {"check": cfg.check.model_dump(mode="json")}
+
+
+def _write_ci_copy(text: str, target: str) -> Path | None:
+    if not target:
+        return None
+    path = Path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def run(ctx: Context) -> Result:
+    from pipeline.report.budgets import FAIL, PASS, SKIP, evaluate
+    from pipeline.report.junit import to_junit
+    report = json.loads(ctx.input("report").path_of("report_json").read_text())
+    verdicts = evaluate(report, ctx.cfg.check)
+    if not verdicts:
+        print("check: no budgets configured (set check.min_accuracy, check.max_accuracy_drop, "
+              "check.max_p90_ms or check.max_size_mb)", flush=True)
+    for v in verdicts:
+        print(f"check: {v.message}", flush=True)
+    h = report.get("headline")
+    xml = to_junit(verdicts, h["text"] if h else "")
+    (ctx.out_dir / JUNIT).write_text(xml)
+    ci = _write_ci_copy(xml, ctx.cfg.check.junit)
+    failures = [v for v in verdicts if v.status == FAIL]
+    if failures:
+        raise BudgetFailed(failures, ci)
+    (ctx.out_dir / VERDICTS).write_text(json.dumps([v.to_dict() for v in verdicts], indent=2))
+    counts = {s: sum(v.status == s for v in verdicts) for s in (PASS, FAIL, SKIP)}
+    print(f"check: {counts[PASS]} passed, {counts[SKIP]} skipped" + (f"; JUnit XML: {ci}" if ci else ""),
+          flush=True)
+    return Result(outputs={"junit": Artifact.of(ctx.out_dir, ctx.out_dir / JUNIT, Format.data),
+                           "verdicts": Artifact.of(ctx.out_dir, ctx.out_dir / VERDICTS, Format.data)},
+                  metrics={**counts, "verdicts": [v.to_dict() for v in verdicts]})
+
+
+STAGE = Stage(name="check", version=1, deps=("report",), params=params, run=run,
+              help="budgets against the report: exit code and JUnit XML for CI")

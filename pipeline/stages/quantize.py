@@ -1,0 +1,105 @@
+"""quantize: the pruned student as one INT8 Q/DQ ONNX, accuracy-aware, scored in ONNX Runtime."""
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+from pathlib import Path
+
+from pipeline.artifact import Artifact, Format
+from pipeline.config import Config, QuantMethod
+from pipeline.stages.base import Context, Result, Stage
+from pipeline.stages.common import data_params, load_model
+
+
+def _scheme(cfg: Config) -> str:
+    """The concrete activation/weight scheme (auto resolves on this CPU, so it joins the key)."""
+    from exporters.onnx_int8 import choose_scheme
+    scheme = None if cfg.quantize.scheme.value == "auto" else cfg.quantize.scheme.value
+    return choose_scheme(scheme)[0].value
+
+
+def params(cfg: Config) -> dict:
+    return {**data_params(cfg), "quantize": cfg.quantize.model_dump(mode="json"),
+            "scheme": _scheme(cfg), "opset": cfg.export.opset, "seed": cfg.run.seed}
+
+
+def onnx_top1(path: Path, val, pre, threads: int) -> float:
+    """Val top-1 (%) of an ONNX file in ONNX Runtime on the CPU: the runtime that will serve it."""
+    import runtimes
+    from pipeline.report.scoring import predict, top1
+    session = runtimes.get("onnxruntime").load(path, "cpu", threads)
+    logits = predict(session, val, pre, chunk=1, fixed_batch=1)
+    return top1(logits.argmax(1), val.targets)
+
+
+def export_fp32(model, pre, out_dir: Path, cfg: Config, val) -> Path:
+    """Torch -> FP32 ONNX (static batch 1), parity checked on real val images."""
+    from exporters.onnx_export import export_torch_to_onnx
+    from exporters.spec import ExportSpec
+    checks = list(itertools.islice(val.chunks(pre, 1), 32))
+    spec = ExportSpec(preprocessing=pre, opset=cfg.export.opset, name="model_fp32", check_inputs=checks)
+    return export_torch_to_onnx(model, out_dir, spec)
+
+
+def run(ctx: Context) -> Result:
+    import onnx
+
+    from calibration.source import CalibrationSource
+    from exporters.onnx_int8 import quantize_onnx
+    from exporters.quant_sensitivity import accuracy_aware_quantize
+    from pipeline.data import load_splits
+    from pipeline.report.scoring import ValImages
+
+    cfg, q = ctx.cfg, ctx.cfg.quantize
+    model, pre = load_model(ctx.input("prune"))
+    splits = load_splits(cfg.data, cfg.run.seed)
+    val = ValImages(splits.val)
+    fp32 = export_fp32(model, pre, ctx.out_dir, cfg, val)
+    source = CalibrationSource.from_imageset(splits.train, pre, size=min(q.calibration.size, len(splits.train)),
+                                             seed=q.calibration.seed,
+                                             cache_dir=ctx.store_root / "cache" / "calibration")
+    if q.method == QuantMethod.nncf:
+        from exporters.onnx_int8_nncf import quantize_onnx_nncf as quantizer
+    else:
+        quantizer = quantize_onnx
+    quantize_fn = functools.partial(quantizer, method=q.calibration.method.value,
+                                    per_channel=q.per_channel, scheme=_scheme(cfg))
+    evaluate = functools.partial(onnx_top1, val=val, pre=pre, threads=cfg.run.threads)
+    sensitivity = val.batch(pre, min(q.sensitivity_samples, val.count))
+    int8, report = accuracy_aware_quantize(fp32, ctx.out_dir, source, evaluate, q.max_accuracy_drop,
+                                           quantize_fn, sensitivity, max_excluded=q.max_float_layers)
+    _stamp_precision(int8, pre)
+    meta = {"preprocessing": pre.with_(precision="int8").to_dict(), "precision": "int8"}
+    metrics = {
+        "fp32_top1": report["fp32_accuracy"], "int8_top1": report["final_accuracy"],
+        "drop": report["final_drop"], "first_int8_top1": report["int8_accuracy"],
+        "float_layers": report["excluded"], "steps": report["steps"],
+        "sensitivity": report["sensitivity"], "quantizer": report["quantizer"],
+        "calibration": {"fingerprint": source.fingerprint, "size": len(source.data),
+                        "seed": q.calibration.seed, "method": q.calibration.method.value},
+        "search_seconds": report["seconds"], "onnx_opset": onnx.load(fp32, load_external_data=False).opset_import[0].version,
+    }
+    return Result(outputs={
+        "onnx_fp32": Artifact.of(ctx.out_dir, fp32, Format.onnx,
+                                 {"preprocessing": pre.to_dict(), "precision": "fp32"}),
+        "onnx_int8": Artifact.of(ctx.out_dir, int8, Format.onnx, meta),
+    }, metrics=metrics)
+
+
+def _stamp_precision(path: Path, pre) -> None:
+    """The Q/DQ file inherits the FP32 file's metadata; mark it int8 so runtimes read it right."""
+    import onnx
+
+    from exporters.spec import PREPROCESSING_KEY
+    model = onnx.load(path)
+    for prop in model.metadata_props:
+        if prop.key == PREPROCESSING_KEY:
+            prop.value = json.dumps(pre.with_(precision="int8").to_dict())
+    tmp = path.with_suffix(".tmp")
+    onnx.save(model, tmp)
+    tmp.replace(path)
+
+
+STAGE = Stage(name="quantize", version=1, deps=("prune",), params=params, run=run,
+              help="INT8 Q/DQ ONNX from calibration data, accuracy-aware")

@@ -1,0 +1,68 @@
+"""report: report.json, report.md and report.html (with plots) from the benchmark's rows.
+
+The headline compares the deployed model with the fine-tuned teacher in PyTorch eager FP32,
+both from the same benchmark run (see pipeline.report.headline for how the deployed model is
+picked). Upstream stages' warnings and summaries (negative transfer, distillation, pruning,
+quantization, what export could not build) are carried into the report.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from pipeline.artifact import Artifact, Format
+from pipeline.config import Config
+from pipeline.stages.base import Context, Result, Stage
+
+REPORT_JSON, REPORT_MD, REPORT_HTML = "report.json", "report.md", "report.html"
+
+
+def params(cfg: Config) -> dict:
+    return {"run": cfg.run.name, "target": cfg.benchmark.target,
+            "deploy_tolerance": cfg.benchmark.deploy_tolerance}
+
+
+def _entry_dir(ctx: Context) -> Path:
+    """Where the staging folder will be once committed (runs/report/<key>/), for the message."""
+    match = re.fullmatch(r"\.staging-([0-9a-f]+)-\d+", ctx.out_dir.name)
+    return ctx.out_dir.parent / match.group(1) if match else ctx.out_dir
+
+
+def run(ctx: Context) -> Result:
+    from pipeline.report import html, markdown, plots
+    from pipeline.report.build import build_report
+    results = json.loads(ctx.input("benchmark").path_of("results").read_text())
+    report = build_report(results, ctx.inputs, ctx.cfg)
+    out = ctx.out_dir
+    outputs = {}
+    pngs = plots.render_all(report)
+    plot_files = {}
+    for name, png in pngs.items():
+        (out / f"{name}.png").write_bytes(png)
+        plot_files[name] = f"{name}.png"
+        outputs[name] = Artifact.of(out, out / f"{name}.png", Format.data)
+    for fname, text in ((REPORT_JSON, json.dumps(report, indent=2, default=str)),
+                        (REPORT_MD, markdown.render(report, plot_files)),
+                        (REPORT_HTML, html.render(report, pngs))):
+        (out / fname).write_text(text)
+        outputs[fname.replace(".", "_")] = Artifact.of(out, out / fname, Format.data)
+
+    h = report["headline"]
+    for warning in report["upstream"].get("warnings", []):
+        print(f"WARNING: {warning}", flush=True)
+    print(f"HEADLINE: {h['text']}" if h else
+          f"HEADLINE: none: no measured teacher row or deployable row on '{ctx.cfg.benchmark.target}'",
+          flush=True)
+    print(f"report: {_entry_dir(ctx) / REPORT_MD} (and report.json, report.html)", flush=True)
+    keys = ("deployed", "speedup_p50", "speedup_p90", "accuracy_change_points", "teacher_accuracy",
+            "deployed_accuracy", "deployed_p90_ms", "teacher_p90_ms", "size_ratio", "within_tolerance")
+    metrics = {"headline": {k: h[k] for k in keys} if h else None,
+               "rows": len(report["rows"]),
+               "measured": sum(r["status"] == "ok" for r in report["rows"])}
+    return Result(outputs=outputs, metrics=metrics)
+
+
+STAGE = Stage(name="report", version=1,
+              deps=("finetune", "distill", "prune", "quantize", "export", "benchmark"),
+              params=params, run=run, help="report.json / report.md / report.html with the headline")
