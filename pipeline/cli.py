@@ -8,6 +8,7 @@ import sys
 from pipeline.stage_order import STAGE_NAMES
 
 EXIT_FAIL, EXIT_USAGE, EXIT_NOT_BUILT, EXIT_LOCKED = 1, 2, 3, 4
+EXIT_BUDGET = 5   # `edgeship run check`: a budget failed (see the JUnit XML)
 
 EPILOG = """\
 stages, in order (each reads the manifests of the ones before it):
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pipeline.config_load import ConfigError
     from pipeline.stages.base import StageNotBuilt
+    from pipeline.stages.check import BudgetFailed
     from pipeline.store import StoreLocked
     try:
         return COMMANDS[args.command](args)
@@ -126,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     except StoreLocked as e:
         print(f"edgeship: {e}", file=sys.stderr)
         return EXIT_LOCKED
+    except BudgetFailed as e:
+        print(f"edgeship: {e}", file=sys.stderr)
+        return EXIT_BUDGET
     except KeyboardInterrupt:
         print("edgeship: interrupted; nothing half-written was committed", file=sys.stderr)
         return 130

@@ -92,5 +92,10 @@ def search_budget(student, example, plan, protected: list[str], original: dict[s
             f"p50 {stats.p50_ms:.3f} ms, p90 {stats.p90_ms:.3f} ms on {probe.label}")
         return {"macs_removed": round(removed, 4), "p50_ms": stats.p50_ms, "p90_ms": stats.p90_ms}
 
-    return search_ratio(probe_ratio, p.latency_budget_ms, p.budget_max_ratio, p.budget_search_steps,
-                        probe.label)
+    import torch
+    threads = torch.get_num_threads()    # the torch runtime sets its own; training needs ours back
+    try:
+        return search_ratio(probe_ratio, p.latency_budget_ms, p.budget_max_ratio, p.budget_search_steps,
+                            probe.label)
+    finally:
+        torch.set_num_threads(threads)

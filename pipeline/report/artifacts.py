@@ -136,16 +136,17 @@ def candidates(inputs: dict[str, Manifest]) -> list[Candidate]:
                              art.sha256, name, art.preprocessing, manifest=m))
     ref = reference_name(inputs)
     quantize, export = inputs.get("quantize"), inputs.get("export")
-    quantized = {a.sha256 for a in quantize.outputs.values()} if quantize else set()
+    quantized = set(quantize.outputs) if quantize else set()
     seen: set[str] = set()
-    for m in (export, quantize):   # export re-lists quantize's int8 ONNX: one row, its origin named
+    # Export bundles quantize's ONNX files under the same names: one row each, the origin named.
+    for m in (export, quantize):
         if m is None:
             continue
         for name, art in m.outputs.items():
             if art.format not in _DEPLOYABLE or name in seen:
                 continue
             seen.add(name)
-            stage = "quantize" if art.sha256 in quantized else m.stage
+            stage = "quantize" if name in quantized else m.stage
             pre = art.preprocessing if "preprocessing" in art.metadata else None
             out.append(Candidate(name, stage, name, art.format, _precision(art.metadata, name),
                                  artifact_file(m, name), art.sha256, ref, pre, manifest=m))

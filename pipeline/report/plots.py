@@ -34,27 +34,54 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _label(r: dict) -> str:
-    return f"{r['artifact']}\n{r['runtime']}/{r['device']}"
+def _ms_text(v: float) -> str:
+    return f"{v:.0f}" if v >= 100 else f"{v:.3g}"
+
+
+def _clusters(rows: list[dict], log_x: bool):
+    """Indices of points close enough to overlap, grouped (fp32 ONNX and IR often coincide), so
+    each group gets one numeric label."""
+    import math
+    accs = [r["accuracy"] for r in rows]
+    dy = max(max(accs) - min(accs), 1.0) * 0.03
+    xs = [math.log10(r["p90_ms"]) if log_x else r["p90_ms"] for r in rows]
+    dx = 0.08 if log_x else max(max(xs) - min(xs), 1e-9) * 0.04
+    clusters: list[tuple[float, float, list[int]]] = []
+    for i, (r, x) in enumerate(zip(rows, xs)):
+        for cx, cy, members in clusters:
+            if abs(cx - x) <= dx and abs(cy - r["accuracy"]) <= dy:
+                members.append(i)
+                break
+        else:
+            clusters.append((x, r["accuracy"], [i]))
+    return [members for _, _, members in clusters]
 
 
 def accuracy_vs_latency(rows: list[dict], title: str) -> bytes:
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 5.2))
+    fig, ax = plt.subplots(figsize=(8.5, 5.5))
+    lat = [r["p90_ms"] for r in rows]
+    log_x = bool(lat) and max(lat) / max(min(lat), 1e-9) > 20
     for r in rows:
         ax.scatter(r["p90_ms"], r["accuracy"], s=70, marker=RUNTIME_MARKERS.get(r["runtime"], "o"),
                    color=STAGE_COLOURS.get(r["stage"], "grey"), edgecolor="black", linewidth=0.6, zorder=3)
-        ax.annotate(r["artifact"] + (" (deployed)" if r.get("deployed") else ""), (r["p90_ms"], r["accuracy"]),
-                    textcoords="offset points", xytext=(6, 4), fontsize=7.5)
+    # Numbers on the points, names in a key beside the plot: names would overlap each other.
+    for members in _clusters(rows, log_x):
+        r = rows[members[0]]
+        ax.annotate(",".join(str(i + 1) for i in members), (r["p90_ms"], r["accuracy"]),
+                    textcoords="offset points", xytext=(7, 5), fontsize=8, weight="bold")
+    key = "\n".join(f"{i + 1}  {r['artifact']} ({r['runtime']}/{r['device']})"
+                     + ("  [deployed]" if r.get("deployed") else "") for i, r in enumerate(rows))
+    ax.text(1.02, 1.0, key, transform=ax.transAxes, va="top", ha="left", fontsize=7.5, family="monospace")
     front = sorted((r for r in rows if r.get("pareto")), key=lambda r: r["p90_ms"])
     if front:
         ax.step([r["p90_ms"] for r in front], [r["accuracy"] for r in front], where="post",
                 color="black", linestyle="--", linewidth=1, zorder=2, label="Pareto front")
-        ax.scatter([r["p90_ms"] for r in front], [r["accuracy"] for r in front], s=200, facecolors="none",
-                   edgecolors="black", linewidth=1.2, zorder=4)
-    lat = [r["p90_ms"] for r in rows]
-    if lat and max(lat) / max(min(lat), 1e-9) > 20:
+        ax.scatter([r["p90_ms"] for r in front], [r["accuracy"] for r in front], s=220, facecolors="none",
+                   edgecolors="black", linewidth=1.2, zorder=4, label="on the Pareto front")
+    if log_x:
         ax.set_xscale("log")
+    ax.margins(x=0.25, y=0.12)
     for runtime, marker in RUNTIME_MARKERS.items():
         if any(r["runtime"] == runtime for r in rows):
             ax.scatter([], [], marker=marker, color="white", edgecolor="black", label=runtime)
@@ -65,7 +92,7 @@ def accuracy_vs_latency(rows: list[dict], title: str) -> bytes:
     ax.set_ylabel("val top-1 (%, higher is better)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7.5, loc="lower right")
+    ax.legend(fontsize=7.5, loc="lower left", bbox_to_anchor=(1.02, 0.0), frameon=False)
     return _png(fig)
 
 
@@ -78,7 +105,7 @@ def latency_per_stage(rows: list[dict], title: str) -> bytes:
             edgecolor="black", linewidth=0.5, label="p90")
     ax.scatter([r["p50_ms"] for r in rows], y, color="white", edgecolor="black", zorder=3, s=25, label="p50")
     for yi, r in zip(y, rows):
-        ax.text(r["p90_ms"], yi, f" {r['p90_ms']:.3g} ms", va="center", fontsize=7.5)
+        ax.text(r["p90_ms"], yi, f" {_ms_text(r['p90_ms'])} ms", va="center", fontsize=7.5)
     ax.set_yticks(y)
     ax.set_yticklabels([f"{r['stage']}: {r['artifact']} ({r['runtime']}/{r['device']})" for r in rows], fontsize=8)
     lat = [r["p90_ms"] for r in rows]

@@ -162,7 +162,7 @@ def measure_target(cand: Candidate, target: Target, cfg: Config, val: ValImages,
     for batch in bench.batch_sizes:
         if fixed and batch != fixed:
             rows.append(not_measured(cand, target, batch, bench.threads, "unavailable",
-                                     f"{cand.name} has a fixed batch of {fixed}; set "
+                                     f"exported with a fixed batch of {fixed}; set "
                                      f"export.dynamic_batch: true to measure batch {batch}"))
             continue
         stats = measure(session, val.batch(cand.preprocessing, batch), bench.warmup,
