@@ -1,0 +1,71 @@
+"""The whole pipeline, every stage for real, on a tiny config: rows, cache, and the CI gate."""
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+CONFIG = "tests/configs/tiny.yaml"
+
+
+def entry(store: Path, stage: str) -> Path:
+    [manifest] = list((store / stage).glob("*/manifest.json"))
+    return manifest.parent
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One full run shared by the tests below (it takes about a minute)."""
+    root = tmp_path_factory.mktemp("pipeline")
+    store = root / "runs"
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "-c", CONFIG, "--set", f"run.store={store}",
+                           "--set", f"check.junit={root / 'junit.xml'}"],
+                          capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return store
+
+
+@pytest.mark.slow
+def test_every_stage_ran_and_report_has_every_runtime(store):
+    report = json.loads((entry(store, "report") / "report.json").read_text())
+    measured = {(r["runtime"], r["device"]) for r in report["rows"] if r.get("status") == "ok"}
+    assert {("torch", "cpu"), ("onnxruntime", "cpu"), ("openvino", "cpu")} <= measured
+    unavailable = {r["runtime"]: r["reason"] for r in report["rows"] if r.get("status") == "unavailable"}
+    assert "TensorRT is not installed" in unavailable["tensorrt"]
+    for row in report["rows"]:
+        if row.get("status") == "ok":
+            assert 0 <= row["accuracy"] <= 100 and row["p90_ms"] > 0 and row["methodology"]
+    export = json.loads((entry(store, "export") / "manifest.json").read_text())
+    assert set(export["outputs"]) == {"onnx_fp32", "onnx_int8", "openvino_fp32", "openvino_int8"}
+    assert all(export["metrics"]["bundle_check"].values())
+    assert "TensorRT" in export["metrics"]["unavailable"]["tensorrt_fp16"]
+    bundle = entry(store, "export") / "openvino_int8"
+    assert {"model.json", "golden.npz"} <= {p.name for p in bundle.iterdir()}
+    assert (entry(store, "report") / "report.html").read_text().count("data:image/png;base64") >= 3
+
+
+@pytest.mark.slow
+def test_second_run_is_all_cached(store):
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "-c", CONFIG, "--set", f"run.store={store}",
+                           "--set", f"check.junit={store.parent / 'junit.xml'}"],
+                          capture_output=True, text=True, check=True)
+    lines = [line for line in proc.stdout.splitlines() if line.split() and line.split()[1] in
+             ("cached", "running")]
+    assert len(lines) == 8 and all(line.split()[1] == "cached" for line in lines), proc.stdout
+
+
+@pytest.mark.slow
+def test_check_fails_on_a_budget_tighter_than_measured(store, tmp_path):
+    report = json.loads((entry(store, "report") / "report.json").read_text())
+    deployed = report["headline"]
+    junit = tmp_path / "junit.xml"
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "check", "-c", CONFIG,
+                           "--set", f"run.store={store}", "--set", "check.min_accuracy=100.5",
+                           "--set", f"check.junit={junit}"], capture_output=True, text=True)
+    assert proc.returncode == 5, proc.stdout + proc.stderr
+    assert "min_accuracy" in proc.stdout + proc.stderr and "100.5" in proc.stdout + proc.stderr
+    failures = ET.parse(junit).getroot().findall(".//failure")
+    assert len(failures) == 1 and "100.5" in failures[0].get("message", "") + (failures[0].text or "")
+    assert deployed is not None
