@@ -115,6 +115,8 @@ def run(cfg: Config, target: str | None = None, force: frozenset[str] = frozense
                 log(f"{stage.name:<10} cached   key {key}  ({_when(hit.timings.get('finished'))})")
                 outcomes.append(Outcome(stage.name, "cached", key, hit.timings.get("finished")))
                 manifests[stage.name] = hit
+                if stage.publish and w.is_main:
+                    stage.publish(hit, cfg)
                 continue
             log(f"{stage.name:<10} running  key {key}")
             t0 = time.time()
@@ -126,6 +128,8 @@ def run(cfg: Config, target: str | None = None, force: frozenset[str] = frozense
             log(f"{stage.name:<10} done     key {key}  in {seconds:.1f}s")
             outcomes.append(Outcome(stage.name, "ran", key, time.time(), seconds))
             manifests[stage.name] = manifest
+            if stage.publish and w.is_main:
+                stage.publish(manifest, cfg)
     if target is None:
         for name in STAGE_NAMES:
             if not any(s.name == name for s in stages):

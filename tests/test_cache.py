@@ -117,3 +117,13 @@ def test_sweeps_staging_left_by_killed_run(cfg):
     (leftover / "model.safetensors").write_text("half")
     runner.run(cfg, stages=STAGES, log=lambda *_: None)
     assert not leftover.exists()
+
+
+def test_publish_runs_on_cache_hits_too(cfg):
+    published = []
+    stage = Stage("finetune", 1, (), lambda c: {}, STAGES[0].run,
+                  publish=lambda manifest, c: published.append(manifest.key))
+    first = runner.run(cfg, stages=(stage,), log=lambda *_: None)
+    second = runner.run(cfg, stages=(stage,), log=lambda *_: None)
+    assert [o.status for o in first + second] == ["ran", "cached"]
+    assert published == [first[0].key, first[0].key]

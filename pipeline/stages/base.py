@@ -42,3 +42,5 @@ class Stage:
     run: Callable[[Context], Result]
     machine_dependent: bool = False       # measured results: the environment joins the cache key
     help: str = ""
+    # Side effects outside the store (e.g. the CI's JUnit file), redone on cache hits as well.
+    publish: Callable[[Manifest, Config], None] | None = None
