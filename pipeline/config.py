@@ -155,8 +155,9 @@ class Prune(Strict):
     budget_max_ratio: float = Field(0.8, gt=0, lt=1,
                                     description="latency-budget mode: the most MACs the search may remove")
     budget_search_steps: int = Field(5, ge=1, description="bisections of the ratio in latency-budget mode")
-    measure_seconds: float = Field(1.0, gt=0, description="timed seconds per model per measurement round")
-    measure_rounds: int = Field(3, ge=1, description="alternating rounds when comparing latencies")
+    measure_seconds: float = Field(0.3, gt=0, description="timed seconds per model per measurement round")
+    measure_rounds: int = Field(10, ge=1, description="short alternating rounds per model; the median "
+                                "round is reported")
     steps: int = Field(3, ge=1)
     round_to: int = Field(8, ge=1)
     ignored_layers: list[str] = Field(default_factory=list)

@@ -147,10 +147,12 @@ def test_distill_stage_end_to_end(cli, tiny_args, tmp_path):
     assert meta["preprocessing"]["input_size"] == 32                     # the teacher's input size
     assert list((tmp_path / "runs" / "cache" / "teacher-logits").glob("*.npy"))
     # a new student setting re-runs distill only; the teacher's logits come from the cache
-    again = subprocess.run(cli("run", "distill", *args, "--set", "distill.alpha=0.5"),
-                           capture_output=True, text=True)
+    again = subprocess.run(cli("run", "distill", *args, "--set", "distill.alpha=0.5",
+                               "--set", "distill.compare_alone=false"), capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "finetune   cached" in again.stdout and "distill    running" in again.stdout
     assert "teacher logits: cache hit" in again.stderr
     newest = max((tmp_path / "runs" / "distill").glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
-    assert json.loads(newest.read_text())["metrics"]["teacher_logit_cache"]["hits"] == 1
+    second = json.loads(newest.read_text())["metrics"]
+    assert second["teacher_logit_cache"]["hits"] == 1 and second["teacher_logit_cache"]["misses"] == 0
+    assert second["student_alone_top1"] is None and second["teacher_top1"] == metrics["teacher_top1"]

@@ -15,8 +15,8 @@ from pipeline.models.registry import ModelSpec, build_model, model_preprocessing
 from pipeline.prune.budget import BudgetNotMet, search_budget, search_ratio
 from pipeline.prune.checkpoint import save_pruned_model
 from pipeline.prune.latency import LatencyProbe
-from pipeline.prune.structured import (PruneError, PrunePlan, macs_and_params, protected_layers,
-                                       prune_to_macs, step_overrides)
+from pipeline.prune.structured import (IterativePruner, PruneError, PrunePlan, channel_ratio_for,
+                                       macs_and_params, protected_layers, prune_to_macs)
 
 CLASSES = [str(d) for d in range(10)]
 SIZE = 32
@@ -40,13 +40,8 @@ def _model(seed=0):
 def _pruned(ratio, plan=PrunePlan(round_to=1)):
     model = _model()
     macs0 = macs_and_params(model, EXAMPLE)[0]
-    prune_to_macs(model, EXAMPLE, int(macs0 * (1 - ratio)), plan, protected_layers(model, EXAMPLE, plan),
-                  step_overrides(model, plan, _widths(model, plan.layer_ratios), 1.0))
+    prune_to_macs(model, EXAMPLE, int(macs0 * (1 - ratio)), plan, protected_layers(model, EXAMPLE, plan))
     return model, macs0
-
-
-def _widths(model, names):
-    return {n: m.out_channels for n, m in model.named_modules() if n in names}
 
 
 def _convs(model):
@@ -70,8 +65,7 @@ def test_classifier_and_ignored_layers_keep_their_channels():
     model, _ = _pruned(0.5, PrunePlan(round_to=1, ignored_layers=(keep,)))
     after = _convs(model)
     assert after[keep] == original[keep]
-    assert (model.classifier.in_features, model.classifier.out_features) == (head.in_features, head.out_features)
-    assert model.classifier.weight.shape == head.weight.shape
+    assert model.classifier.weight.shape == head.weight.shape      # (out, in): both kept
     shrunk = [n for n in original if after[n][1] < original[n][1]]
     assert len(shrunk) > 5, "the other layers should have been pruned"
 
@@ -95,6 +89,24 @@ def test_round_to_makes_pruned_widths_multiples_of_8():
     assert changed and all(c % 8 == 0 and c >= 8 for c in changed.values()), changed
     ones, _ = _pruned(0.4, PrunePlan(round_to=1))   # the same request without rounding: odd widths
     assert any(w[1] % 8 for n, w in _convs(ones).items() if w[1] != original[n][1])
+
+
+def test_iterative_steps_end_at_the_one_shot_widths():
+    plan = PrunePlan(round_to=8)
+    model = _model()
+    macs0 = macs_and_params(model, EXAMPLE)[0]
+    protected = protected_layers(model, EXAMPLE, plan)
+    ratio = channel_ratio_for(model, EXAMPLE, int(macs0 * 0.6), plan, protected)
+    one_shot, _ = _pruned(0.4, plan)
+    pruner = IterativePruner(model, EXAMPLE, plan, protected, ratio, steps=3)
+    widths = [_convs(model)]
+    for _ in range(3):
+        pruner.step()
+        widths.append(_convs(model))
+    assert widths[-1] == _convs(one_shot) != widths[0]
+    for before, after in zip(widths, widths[1:]):      # no step widens a layer
+        assert all(after[n][1] <= before[n][1] for n in before)
+    assert widths[1] != widths[0], "the first step should already prune"
 
 
 def test_pruned_checkpoint_round_trip_in_a_fresh_process(tmp_path):
@@ -136,7 +148,7 @@ def test_budget_not_met_names_the_best_reached(tmp_path):
                              "prune.measure_seconds=0.05"])
     probe = LatencyProbe(RuntimeName.onnxruntime, "cpu", threads=1, seconds=0.05)
     with pytest.raises(BudgetNotMet) as err:
-        search_budget(model, EXAMPLE, plan, protected_layers(model, EXAMPLE, plan), {}, pre, probe,
+        search_budget(model, EXAMPLE, plan, protected_layers(model, EXAMPLE, plan), pre, probe,
                       cfg.prune, tmp_path, log=lambda *_: None)
     message = str(err.value)
     assert message.startswith("no pruning ratio up to 0.5 met latency_budget_ms=0.0001 on onnxruntime/cpu; "

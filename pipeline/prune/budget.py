@@ -29,7 +29,7 @@ class BudgetSearch:
 
     def to_dict(self) -> dict:
         return {"latency_budget_ms": self.budget_ms, "max_ratio": self.max_ratio,
-                "chosen_ratio": self.ratio, "statistic": "p50", "trials": self.trials}
+                "chosen_ratio": round(self.ratio, 4), "statistic": "p50", "trials": self.trials}
 
 
 def search_ratio(probe: Callable[[float], dict], budget_ms: float, max_ratio: float,
@@ -69,28 +69,28 @@ def search_ratio(probe: Callable[[float], dict], budget_ms: float, max_ratio: fl
     return result
 
 
-def search_budget(student, example, plan, protected: list[str], original: dict[str, int], pre,
-                  probe, p, work_dir, log=print) -> BudgetSearch:
+def search_budget(student, example, plan, protected: list[str], pre, probe, p, work_dir,
+                  log=print) -> BudgetSearch:
     """`search_ratio` over one-shot pruned copies of `student`, each exported to `work_dir` and
-    timed once with `probe` (a `LatencyProbe`)."""
+    timed with `probe` (a `LatencyProbe`): its median of `p.measure_rounds` rounds."""
     import copy
     from pipeline.prune.latency import export_candidate
-    from pipeline.prune.structured import macs_and_params, prune_to_macs, step_overrides
+    from pipeline.prune.structured import macs_and_params, prune_to_macs
 
     macs0 = macs_and_params(student, example)[0]
-    batch = probe.batch_of(pre)
 
     def probe_ratio(ratio: float) -> dict:
         candidate = copy.deepcopy(student)
         if ratio > 0:
-            prune_to_macs(candidate, example, int(macs0 * (1 - ratio)), plan, protected,
-                          step_overrides(candidate, plan, original, 1.0))
+            prune_to_macs(candidate, example, int(macs0 * (1 - ratio)), plan, protected)
         path = export_candidate(candidate, pre, work_dir, f"candidate_{round(ratio * 1e4):05d}")
-        stats = probe.measure(probe.load(path, candidate), batch)
+        stats = probe.measure_together({"candidate": probe.load(path, candidate)}, pre,
+                                       p.measure_rounds)["candidate"]
         removed = 1 - macs_and_params(candidate, example)[0] / macs0
         log(f"budget probe ratio {ratio:.3f}: {removed:.1%} of MACs removed, "
-            f"p50 {stats.p50_ms:.3f} ms, p90 {stats.p90_ms:.3f} ms on {probe.label}")
-        return {"macs_removed": round(removed, 4), "p50_ms": stats.p50_ms, "p90_ms": stats.p90_ms}
+            f"p50 {stats['p50_ms']:.3f} ms, p90 {stats['p90_ms']:.3f} ms on {probe.label}")
+        return {"macs_removed": round(removed, 4), "p50_ms": stats["p50_ms"], "p90_ms": stats["p90_ms"],
+                "rounds_p50_ms": stats["rounds_p50_ms"]}
 
     import torch
     threads = torch.get_num_threads()    # the torch runtime sets its own; training needs ours back

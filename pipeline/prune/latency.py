@@ -38,7 +38,7 @@ class LatencyProbe:
     device: str = "cpu"
     threads: int = 2
     batch: int = 1
-    seconds: float = 1.0
+    seconds: float = 0.3
 
     @classmethod
     def from_config(cls, p: Prune) -> "LatencyProbe":
@@ -69,7 +69,8 @@ class LatencyProbe:
         return module.load(str(onnx_path), self.device, self.threads)
 
     def batch_of(self, pre: Preprocessing) -> np.ndarray:
-        """The timed input: a seeded normal batch (these networks' latency does not depend on pixel values)."""
+        """The timed input: a seeded normal batch (these networks' latency does not depend on
+        pixel values)."""
         rng = np.random.default_rng(0)
         return rng.standard_normal(pre.input_shape(self.batch)).astype(np.float32)
 
@@ -81,8 +82,12 @@ class LatencyProbe:
 
     def measure_together(self, sessions: dict[str, object], pre: Preprocessing,
                          rounds: int) -> dict[str, dict]:
-        """Time every session in `rounds` alternating rounds (A B C, C B A, ...); for each, keep
-        the round with the median p50 and list every round's p50.
+        """Time every session in `rounds` short alternating rounds (A B C, C B A, ...); report
+        each model's median round (by p50) and list every round's p50.
+
+        Many short rounds rather than one long block per model: when other processes load the
+        machine on and off, every model then samples the same mixture of quiet and busy
+        moments, so the ratio of medians compares like with like.
 
         Returns {name: LatencyStats.to_dict() + {"rounds_p50_ms": [...]}}.
         """
@@ -95,8 +100,7 @@ class LatencyProbe:
         out = {}
         for name, stats in runs.items():
             p50s = [s.p50_ms for s in stats]
-            median = statistics.median_low(p50s)
-            chosen = stats[p50s.index(median)]
+            chosen = stats[p50s.index(statistics.median_low(p50s))]
             out[name] = {**chosen.to_dict(), "rounds_p50_ms": [round(v, 4) for v in p50s]}
         return out
 
@@ -104,4 +108,4 @@ class LatencyProbe:
         return (f"{self.label}, {self.threads} threads, batch {self.batch}, fp32 ONNX; the unpruned "
                 f"and pruned models measured in the same run, {rounds} alternating rounds of at least "
                 f"{_MIN_ITERATIONS} runs and {self.seconds:g} s each after {_WARMUP} warm-up runs; "
-                "per model the round with the median p50 is reported")
+                "per model the round with the median p50 is reported; all rounds' p50 are listed")

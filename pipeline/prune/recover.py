@@ -9,7 +9,8 @@ TAYLOR_BATCHES = 4   # batches of the recovery batch size whose gradients score 
 BN_BATCHES = 8       # batches that re-estimate BatchNorm statistics after each pruning step
 
 
-def accumulate_gradients(model, loss_fn, dataset, batch_size: int, device, batches: int = TAYLOR_BATCHES) -> int:
+def accumulate_gradients(model, loss_fn, dataset, batch_size: int, device,
+                         batches: int = TAYLOR_BATCHES) -> int:
     """Sum the loss gradients of the first `batches` batches into `.grad` (eval-mode BN, so the
     scores do not move running statistics). The batches are the dataset's first samples, in
     order, so every process of a distributed run scores channels identically. Returns the

@@ -1,8 +1,9 @@
 """Structural channel pruning with torch-pruning's dependency graph, sized by MACs.
 
 torch-pruning's `pruning_ratio` is a share of *channels*; what users ask for is a share of
-*MACs*. `prune_to_macs` finds, by bisection on copies of the model, the smallest channel ratio
-whose pruned model fits a MAC target, then prunes the real model with it. The classifier and
+*MACs*. `channel_ratio_for` finds, by bisection on copies of the model, the smallest channel
+ratio whose pruned model fits a MAC target; `prune_to_macs` applies it in one shot and
+`IterativePruner` in several steps (with recovery training between them). The classifier and
 the layers the user names are never pruned: neither their outputs nor their inputs change.
 """
 from __future__ import annotations
@@ -128,40 +129,25 @@ class _Pruner(tp.pruner.BasePruner):
 
 
 def _pruner(model, example, plan: PrunePlan, channel_ratio: float, protected: list[str],
-            overrides: dict[str, float]) -> _Pruner:
+            overrides: dict[str, float], steps: int = 1) -> _Pruner:
     named = dict(model.named_modules())
     # Fresh dicts: BasePruner's defaults for these are shared mutable objects that would keep
     # every copy the search prunes alive.
     return _Pruner(model, example, importance=importance_of(plan.importance),
                    global_pruning=plan.global_pruning, pruning_ratio=channel_ratio,
-                   pruning_ratio_dict={named[n]: r for n, r in overrides.items() if r > 0},
-                   ignored_layers=[named[n] for n in protected],
+                   pruning_ratio_dict={named[n]: r for n, r in overrides.items()},
+                   ignored_layers=[named[n] for n in protected], iterative_steps=steps,
                    round_to=plan.round_to if plan.round_to > 1 else None,
                    in_channel_groups={}, out_channel_groups={}, num_heads={}, channel_groups={})
 
 
-def step_overrides(model: nn.Module, plan: PrunePlan, original: dict[str, int],
-                   progress: float) -> dict[str, float]:
-    """Per-layer channel ratios for this step, relative to the layers' current widths, so that
-    layer l ends at (1 - layer_ratios[l]) of its `original` width when progress reaches 1."""
+def _overrides(model: nn.Module, plan: PrunePlan) -> dict[str, float]:
     layers = _resolve(model, plan.layer_ratios, "prune.layer_ratios")
-    out = {}
     for name, module in layers.items():
-        now = out_channels(module)
-        if now is None:
+        if out_channels(module) is None:
             raise PruneError(f"prune.layer_ratios names '{name}' ({type(module).__name__}), which has "
                              "no output channels; name a conv or linear layer")
-        keep = original[name] * (1.0 - plan.layer_ratios[name] * progress)
-        out[name] = min(max(1.0 - keep / now, 0.0), _MAX_CHANNEL_RATIO)
-    return out
-
-
-def _prune_copy(model, example, plan, ratio, protected, overrides) -> nn.Module:
-    clone = copy.deepcopy(model)
-    for src, dst in zip(model.parameters(), clone.parameters()):   # taylor scores need the grads
-        dst.grad = None if src.grad is None else src.grad.clone()
-    _apply(clone, example, plan, ratio, protected, overrides)
-    return clone
+    return dict(plan.layer_ratios)
 
 
 def _apply(model, example, plan, ratio, protected, overrides) -> None:
@@ -169,40 +155,68 @@ def _apply(model, example, plan, ratio, protected, overrides) -> None:
         _pruner(model, example, plan, ratio, protected, overrides).step()
 
 
-def prune_to_macs(model: nn.Module, example: torch.Tensor, target_macs: int, plan: PrunePlan,
-                  protected: list[str], overrides: dict[str, float] | None = None) -> float:
-    """Prune `model` in place to at most `target_macs`, removing as few channels as it can.
+def channel_ratio_for(model: nn.Module, example: torch.Tensor, target_macs: int, plan: PrunePlan,
+                      protected: list[str], overrides: dict[str, float] | None = None) -> float:
+    """The smallest channel ratio whose one-shot pruning of `model` leaves at most `target_macs`.
 
-    Bisects the channel ratio on deep copies (each pruned and counted), then prunes the model
-    itself with the smallest ratio that fits. Returns that channel ratio. Raises PruneError
-    when even removing 95 % of the prunable channels does not reach the target.
+    Bisects on deep copies (each pruned and counted); `model` itself is untouched. Raises
+    PruneError when even removing 95 % of the prunable channels does not reach the target.
     """
-    overrides = overrides or {}
+    overrides = _overrides(model, plan) if overrides is None else overrides
 
     def macs_at(ratio: float) -> int:
-        return macs_and_params(_prune_copy(model, example, plan, ratio, protected, overrides),
-                               example)[0]
+        clone = copy.deepcopy(model)
+        for src, dst in zip(model.parameters(), clone.parameters()):   # taylor scores need the grads
+            dst.grad = None if src.grad is None else src.grad.clone()
+        _apply(clone, example, plan, ratio, protected, overrides)
+        return macs_and_params(clone, example)[0]
 
     if macs_at(0.0) <= target_macs:
-        lo = hi = 0.0
-    else:
-        lo, hi = 0.0, _MAX_CHANNEL_RATIO
-        reached = macs_at(hi)
-        if reached > target_macs:
-            raise PruneError(
-                f"cannot prune {type(model).__name__} to {target_macs:,} MACs: removing "
-                f"{_MAX_CHANNEL_RATIO:.0%} of every prunable layer's channels leaves {reached:,} "
-                f"(the classifier, prune.ignored_layers {list(plan.ignored_layers)} and the layers "
-                "feeding them are kept whole); lower prune.ratio or protect fewer layers")
-        for _ in range(_BISECTIONS):
-            mid = (lo + hi) / 2
-            if macs_at(mid) <= target_macs:
-                hi = mid
-            else:
-                lo = mid
-    if hi > 0 or overrides:
-        _apply(model, example, plan, hi, protected, overrides)
+        return 0.0
+    lo, hi = 0.0, _MAX_CHANNEL_RATIO
+    reached = macs_at(hi)
+    if reached > target_macs:
+        raise PruneError(
+            f"cannot prune {type(model).__name__} to {target_macs:,} MACs: removing "
+            f"{_MAX_CHANNEL_RATIO:.0%} of every prunable layer's channels leaves {reached:,} "
+            f"(the classifier, prune.ignored_layers {list(plan.ignored_layers)} and the layers "
+            "feeding them are kept whole); lower prune.ratio or protect fewer layers")
+    for _ in range(_BISECTIONS):
+        mid = (lo + hi) / 2
+        if macs_at(mid) <= target_macs:
+            hi = mid
+        else:
+            lo = mid
     return hi
+
+
+def prune_to_macs(model: nn.Module, example: torch.Tensor, target_macs: int, plan: PrunePlan,
+                  protected: list[str], overrides: dict[str, float] | None = None) -> float:
+    """Prune `model` in place, one shot, to at most `target_macs`, removing as few channels as
+    it can; `plan.layer_ratios` (or `overrides`) fix some layers' ratios. Returns the channel ratio."""
+    overrides = _overrides(model, plan) if overrides is None else overrides
+    ratio = channel_ratio_for(model, example, target_macs, plan, protected, overrides)
+    if ratio > 0 or any(r > 0 for r in overrides.values()):
+        _apply(model, example, plan, ratio, protected, overrides)
+    return ratio
+
+
+class IterativePruner:
+    """torch-pruning's iterative schedule: after `steps` calls of `step()`, every prunable layer
+    has lost `channel_ratio` of its *original* width (layer_ratios: their own share), rounded
+    to `round_to`. The widths after the last step equal one-shot pruning at `channel_ratio`,
+    while importance is re-scored on the recovered weights before each step."""
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, plan: PrunePlan, protected: list[str],
+                 channel_ratio: float, steps: int):
+        self.model = model
+        with _eval(model):
+            self._pruner = _pruner(model, example, plan, channel_ratio, protected,
+                                   _overrides(model, plan), steps)
+
+    def step(self) -> None:
+        with _eval(self.model):
+            self._pruner.step()
 
 
 class _eval:

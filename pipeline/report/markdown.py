@@ -28,6 +28,15 @@ def _headline(report: dict) -> list[str]:
     return out
 
 
+def _value(v) -> str:
+    """Floats from training logs (98.44444394111633) to the digits a reader needs."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list):
+        return ", ".join(map(str, v)) or "none"
+    return str(v)
+
+
 def _notes(up: dict) -> list[str]:
     out = []
     for w in up.get("warnings", []):
@@ -44,13 +53,13 @@ def _notes(up: dict) -> list[str]:
                    f"points), teacher {tables.num(ds.get('teacher_top1'))}%.")
     pr = up.get("prune") or {}
     if pr:
-        parts = [f"{k.replace('_', ' ')} {v}" for k, v in pr.items()
+        parts = [f"{k.replace('_', ' ')} {_value(v)}" for k, v in pr.items()
                  if k not in ("runtime", "budget") and v is not None]
         out.append("- Pruning: " + "; ".join(parts) + ".")
     qz = up.get("quantize") or {}
     if qz:
-        out.append("- Quantization: " + "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in qz.items()
-                                                   if v not in (None, [], {})) + ".")
+        out.append("- Quantization: " + "; ".join(f"{k.replace('_', ' ')} {_value(v)}"
+                                                   for k, v in qz.items() if v not in (None, {})) + ".")
     ex = up.get("export") or {}
     for name, reason in (ex.get("unavailable") or {}).items():
         out.append(f"- Not built here: {name}: {reason}")

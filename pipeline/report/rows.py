@@ -78,6 +78,18 @@ class TorchModels:
         return self._predictions[name]
 
 
+def reset_peak_rss() -> bool:
+    """Reset this process's resident-memory high-water mark (Linux: clear_refs 5), so the harness's
+    peak RSS covers one artifact (load, scoring, timing) instead of everything run before it, the
+    training stages included. False where the kernel does not offer it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def _open(cand: Candidate, target: Target, cfg: Config, models: TorchModels):
     """Load `cand` on the target; returns (session, settings to record)."""
     import runtimes
@@ -127,9 +139,15 @@ def _methodology(cand: Candidate, target: Target, stats, val: ValImages, chunk: 
     return (f"Latency: {stats.methodology} Threads: {_threads_used(settings)}.{ov} "
             f"Accuracy: top-1 over the first {val.count} val images (split {val.fingerprint[:12]}), "
             f"preprocessed with the artifact's own metadata ({pre.input_size} px, crop {pre.crop_pct:g}, "
-            f"{pre.interpolation}), predicted in {target.runtime} on {target.device}, {chunk} images "
-            f"per call. Agreement: share of those images whose top-1 equals that of "
-            f"{cand.reference} (and of the teacher) in PyTorch eager FP32 on the CPU.")
+            f"{pre.interpolation}), predicted in {target.runtime} on {target.device}, {chunk} "
+            f"image{'s' if chunk != 1 else ''} per call. Agreement: share of those images whose top-1 "
+            f"equals that of {_whom(cand.reference)} in PyTorch eager FP32 on the CPU.")
+
+
+def _whom(reference: str | None) -> str:
+    if reference in (None, TEACHER):
+        return "the teacher"
+    return f"{reference} (its FP32 torch source) and of the teacher"
 
 
 def _threads_used(settings: dict) -> str:
@@ -144,6 +162,14 @@ def measure_target(cand: Candidate, target: Target, cfg: Config, val: ValImages,
     """Rows of one artifact on one runtime and device: accuracy once, latency per batch size."""
     from runtimes.harness import measure
     bench = cfg.benchmark
+    # References first, so their models are loaded and scored before the memory mark is reset;
+    # a torch model scored on the CPU is its own reference and is scored once, below.
+    models.counts(cand.reference)
+    for name in {cand.reference, TEACHER}:
+        if not (name == cand.name and target.runtime == "torch" and target.device == "cpu"):
+            models.predictions(name)
+    peak_scope = ("this row: high-water mark reset before loading, includes the process baseline"
+                  if reset_peak_rss() else "the whole process so far")
     session, settings = _open(cand, target, cfg, models)
     fixed = fixed_batch(cand.path, cand.format)
     # TensorRT profiles are built around small batches; one image per call fits any of them.
@@ -154,6 +180,7 @@ def measure_target(cand: Candidate, target: Target, cfg: Config, val: ValImages,
         models.remember(cand.name, preds)
     params, macs = models.counts(cand.reference)
     scored = {"accuracy": top1(preds, val.targets), "accuracy_images": val.count,
+              "peak_rss_scope": peak_scope,
               "agreement_reference": agreement(preds, models.predictions(cand.reference)),
               "agreement_teacher": agreement(preds, models.predictions(TEACHER)),
               "params": params, "macs": macs, "settings": settings,
@@ -171,7 +198,8 @@ def measure_target(cand: Candidate, target: Target, cfg: Config, val: ValImages,
         latency = {k: v for k, v in stats.to_dict().items() if k in LATENCY_FIELDS}
         rows.append({**_base(cand, target, batch, bench.threads), "status": "ok", "reason": None,
                      **scored, **latency,
-                     "methodology": _methodology(cand, target, stats, val, chunk, settings)})
+                     "methodology": _methodology(cand, target, stats, val, chunk, settings)
+                     + f" Peak RSS scope: {peak_scope}."})
         log(f"{rows[-1]['id']:<40} top-1 {scored['accuracy']:6.2f}%  p50 {stats.p50_ms:8.3f} ms  "
             f"p90 {stats.p90_ms:8.3f} ms  {stats.throughput_ips:9.1f} img/s")
     return rows

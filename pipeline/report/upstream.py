@@ -15,6 +15,10 @@ def _num(d: dict, *path):
     return d
 
 
+def _pct(v) -> str:
+    return f"{v:.2f}%" if isinstance(v, (int, float)) else "?"
+
+
 def _scalars(d: dict) -> dict:
     return {k: v for k, v in (d or {}).items() if isinstance(v, (int, float, str, bool)) or v is None}
 
@@ -47,7 +51,7 @@ def upstream_notes(inputs: dict[str, Manifest]) -> dict:
         if isinstance(gain, (int, float)) and gain < 0:
             notes["warnings"].append(
                 f"Distillation lost {-gain:.2f} points against the student trained alone "
-                f"({m.get('val_top1')}% vs {m.get('student_alone_top1')}%): try a higher "
+                f"({_pct(m.get('val_top1'))} vs {_pct(m.get('student_alone_top1'))}): try a higher "
                 "distill.temperature or a lower distill.alpha.")
     pr = inputs.get("prune")
     if pr is not None:

@@ -13,6 +13,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import Config, Importance
@@ -66,33 +67,55 @@ def _broadcast(value):
     return box[0]
 
 
-def _prune_step(i, n, ratio, student, setup) -> dict:
-    """One step: score (taylor), prune to this step's MAC target, re-estimate BatchNorm statistics,
-    recover; returns its metrics."""
+@dataclass
+class _Setup:
+    """What every pruning step needs: the config, the plan, data, the recovery loss, the baseline."""
+
+    cfg: Config
+    plan: object             # PrunePlan
+    example: object          # one zero input, for tracing and counting MACs
+    device: object
+    train: object            # recovery training set
+    val: object
+    calib: object            # un-augmented training images for BatchNorm statistics
+    loss: object             # DistillLoss against the teacher
+    protected: list
+    macs0: int = 0
+    params0: int = 0
+
+
+def _prune_step(i: int, n: int, ratio: float, student, pruner, s: _Setup) -> dict:
+    """One step: score (taylor), prune on the schedule, re-estimate BatchNorm statistics, recover.
+
+    The last step tops up to the MAC target if the schedule fell short of it (global or taylor
+    pruning can keep different widths than the one-shot search predicted)."""
     from pipeline.prune.recover import accumulate_gradients, recalibrate_batchnorm, recover
-    from pipeline.prune.structured import macs_and_params, prune_to_macs, step_overrides
+    from pipeline.prune.structured import macs_and_params, prune_to_macs
     from pipeline.train.loop import evaluate
-    s, p = setup, setup["cfg"].prune
+    p = s.cfg.prune
     t0 = time.time()
-    if s["plan"].importance == Importance.taylor:
-        accumulate_gradients(student, s["loss"], s["train"], p.recover.batch_size, s["device"])
+    if s.plan.importance == Importance.taylor:
+        accumulate_gradients(student, s.loss, s.train, p.recover.batch_size, s.device)
     student.cpu()
-    channel_ratio = prune_to_macs(student, s["example"], int(s["macs0"] * (1 - ratio * i / n)), s["plan"],
-                                  s["protected"], step_overrides(student, s["plan"], s["original"], i / n))
+    pruner.step()
+    target = int(s.macs0 * (1 - ratio))
+    topped_up = i == n and macs_and_params(student, s.example)[0] > target
+    if topped_up:
+        prune_to_macs(student, s.example, target, s.plan, s.protected,
+                      {name: 0.0 for name in s.plan.layer_ratios})
     student.zero_grad(set_to_none=True)
-    macs, n_params = macs_and_params(student, s["example"])
-    recalibrate_batchnorm(student, s["calib"], p.recover.batch_size, s["device"])
-    top1_pruned = evaluate(student, s["val"], s["device"])["top1"]
-    _log(f"step {i}/{n}: {1 - macs / s['macs0']:.1%} of MACs removed (channel ratio {channel_ratio:.3f}), "
-         f"val {top1_pruned:.2f}% before recovery")
-    fit = recover(student, s["train"], s["val"], p.recover, s["device"], s["cfg"].run.seed, s["loss"],
-                  f"prune recover {i}/{n}", s["cfg"].run.num_workers)
+    macs, n_params = macs_and_params(student, s.example)
+    recalibrate_batchnorm(student, s.calib, p.recover.batch_size, s.device)
+    top1_pruned = evaluate(student, s.val, s.device)["top1"]
+    _log(f"step {i}/{n}: {1 - macs / s.macs0:.1%} of MACs removed, val {top1_pruned:.2f}% before recovery")
+    fit = recover(student, s.train, s.val, p.recover, s.device, s.cfg.run.seed, s.loss,
+                  f"prune recover {i}/{n}", s.cfg.run.num_workers)
     student.cpu()
-    return {"step": i, "target_macs_removed": round(ratio * i / n, 4), "channel_ratio": round(channel_ratio, 4),
-            "macs": macs, "params": n_params, "macs_removed": round(1 - macs / s["macs0"], 4),
-            "params_removed": round(1 - n_params / s["params0"], 4),
+    return {"step": i, "macs": macs, "params": n_params, "macs_removed": round(1 - macs / s.macs0, 4),
+            "params_removed": round(1 - n_params / s.params0, 4), "topped_up_to_target": topped_up,
             "val_top1_before_recovery": top1_pruned, "val_top1": fit.best_top1,
-            "recovery": {"best_epoch": fit.best_epoch, "history": fit.history, "seconds": round(fit.seconds, 2)},
+            "recovery": {"best_epoch": fit.best_epoch, "history": fit.history,
+                         "seconds": round(fit.seconds, 2)},
             "seconds": round(time.time() - t0, 2)}
 
 
@@ -104,7 +127,9 @@ def run(ctx: Context) -> Result:
     from pipeline.prune.budget import search_budget
     from pipeline.prune.checkpoint import save_pruned_model
     from pipeline.prune.latency import LatencyProbe, export_candidate
-    from pipeline.prune.structured import PrunePlan, macs_and_params, out_channels, protected_layers
+    from pipeline.prune.recover import accumulate_gradients
+    from pipeline.prune.structured import (IterativePruner, PrunePlan, channel_ratio_for, macs_and_params,
+                                           protected_layers)
     from pipeline.stages.distill import augmentation_on
     from pipeline.train.distributed import world
     from pipeline.train.loop import evaluate
@@ -121,37 +146,44 @@ def run(ctx: Context) -> Result:
     augment = p.recover.augment if augmentation_on(p.recover.augment) else None
     plan = PrunePlan.from_config(p)
     example = torch.zeros(pre.input_shape(1))
-    s = {"cfg": cfg, "plan": plan, "example": example, "device": device,
-         "train": TorchImageSet(splits.train, pre, augment, cfg.run.seed),
-         "val": TorchImageSet(splits.val, pre, None, cfg.run.seed),
-         "calib": TorchImageSet(splits.train, pre, None, cfg.run.seed),   # BN statistics: fixed pixels
-         "loss": _recovery_loss(ctx, pre, splits, device),
-         "protected": protected_layers(student, example, plan),
-         "original": {n: out_channels(m) for n, m in student.named_modules() if n in plan.layer_ratios}}
-    s["macs0"], s["params0"] = macs_and_params(student, example)
-    top1_0 = evaluate(student, s["val"], device)["top1"]
+    s = _Setup(cfg, plan, example, device, train=TorchImageSet(splits.train, pre, augment, cfg.run.seed),
+               val=TorchImageSet(splits.val, pre, None, cfg.run.seed),
+               calib=TorchImageSet(splits.train, pre, None, cfg.run.seed),
+               loss=_recovery_loss(ctx, pre, splits, device),
+               protected=protected_layers(student, example, plan))
+    s.macs0, s.params0 = macs_and_params(student, example)
+    top1_0 = evaluate(student, s.val, device)["top1"]
     student.cpu()
-    _log(f"student {spec.name}: {s['macs0'] / 1e6:.2f} M MACs, {s['params0'] / 1e6:.3f} M params, "
-         f"val {top1_0:.2f}%; kept whole: {', '.join(s['protected'])}")
+    _log(f"student {spec.name}: {s.macs0 / 1e6:.2f} M MACs, {s.params0 / 1e6:.3f} M params, "
+         f"val {top1_0:.2f}%; kept whole: {', '.join(s.protected)}")
 
+    if plan.importance == Importance.taylor:   # the search's copies score channels with these
+        accumulate_gradients(student, s.loss, s.train, p.recover.batch_size, device)
+        student.cpu()
     work = Path(tempfile.mkdtemp(prefix="edgeship-prune-"))
     try:
         models = {"unpruned": copy.deepcopy(student)}
         budget = None
         if p.latency_budget_ms is not None:
-            budget = _broadcast(search_budget(student, example, plan, s["protected"], s["original"], pre,
-                                              probe, p, work, log=_log) if is_main else None)
+            budget = _broadcast(search_budget(student, example, plan, s.protected, pre, probe, p, work,
+                                              log=_log) if is_main else None)
             ratio = budget.ratio
         else:
             ratio = p.ratio
         n = p.steps if ratio > 0 else 0
-        steps = []
+        steps, channel_ratio = [], 0.0
+        if n:
+            channel_ratio = channel_ratio_for(student, example, int(s.macs0 * (1 - ratio)), plan,
+                                              s.protected)
+            pruner = IterativePruner(student, example, plan, s.protected, channel_ratio, n)
+            _log(f"{ratio:.1%} of MACs to remove: {channel_ratio:.3f} of each layer's channels, in {n} steps")
         for i in range(1, n + 1):
-            steps.append(_prune_step(i, n, ratio, student, s))
+            steps.append(_prune_step(i, n, ratio, student, pruner, s))
             models[f"step{i}"] = copy.deepcopy(student)
         latency = {}
         if is_main:
-            sessions = {name: probe.load(export_candidate(m, pre, work, name), m) for name, m in models.items()}
+            sessions = {name: probe.load(export_candidate(m, pre, work, name), m)
+                        for name, m in models.items()}
             _log(f"measuring {len(sessions)} models on {probe.label}, {p.measure_rounds} alternating rounds")
             latency = probe.measure_together(sessions, pre, p.measure_rounds)
     finally:
@@ -159,20 +191,11 @@ def run(ctx: Context) -> Result:
     for step in steps:
         step["latency"] = latency.get(f"step{step['step']}")
 
-    macs1, params1 = macs_and_params(student, example)
-    top1_1 = steps[-1]["val_top1"] if steps else top1_0
-    before = {"params": s["params0"], "macs": s["macs0"], "val_top1": top1_0, "latency": latency.get("unpruned")}
-    after = {"params": params1, "macs": macs1, "val_top1": top1_1,
-             "latency": latency.get(f"step{n}" if n else "unpruned")}
-    summary = {"macs_removed": round(1 - macs1 / s["macs0"], 4),
-               "params_removed": round(1 - params1 / s["params0"], 4),
-               "accuracy_delta_points": round(top1_1 - top1_0, 4)}
-    if before["latency"] and after["latency"]:
-        for q in ("p50", "p90"):
-            summary[f"speedup_{q}"] = round(before["latency"][f"{q}_ms"] / after["latency"][f"{q}_ms"], 3)
+    before, after, summary = _compare(s, student, steps, latency, top1_0)
     metrics = {"mode": "latency_budget" if budget else "ratio", "target_macs_removed": ratio,
+               "channel_ratio": round(channel_ratio, 4),
                "importance": p.importance.value, "global_pruning": p.global_pruning, "round_to": p.round_to,
-               "protected_layers": s["protected"], "before": before, "after": after, "summary": summary,
+               "protected_layers": s.protected, "before": before, "after": after, "summary": summary,
                "steps": steps, "runtime": {"name": probe.runtime.value, "device": probe.device,
                                            "threads": probe.threads, "batch": probe.batch},
                "methodology": probe.describe(p.measure_rounds), "device": str(device),
@@ -180,13 +203,32 @@ def run(ctx: Context) -> Result:
     if budget:
         metrics["budget"] = _budget_verdict(budget, after, p.latency_budget_ms, is_main)
     if "speedup_p50" in summary:
-        _log(f"{summary['macs_removed']:.1%} of MACs removed, val {top1_0:.2f}% -> {top1_1:.2f}%, p50 "
+        _log(f"{summary['macs_removed']:.1%} of MACs removed, val {top1_0:.2f}% -> "
+             f"{after['val_top1']:.2f}%, p50 "
              f"{before['latency']['p50_ms']:.3f} -> {after['latency']['p50_ms']:.3f} ms "
              f"({summary['speedup_p50']:.2f}x) on {probe.label}")
     artifact = save_pruned_model(student, spec, pre, ctx.out_dir,
                                  extra={"student_sha256": source.outputs["model"].sha256,
                                         "macs_removed": summary["macs_removed"]})
     return Result(outputs={"model": artifact}, metrics=metrics)
+
+
+def _compare(s: _Setup, student, steps: list[dict], latency: dict, top1_0: float):
+    """(before, after, summary): params, MACs, val top-1 and latency of the unpruned student and
+    the final model, and the ratios between them."""
+    from pipeline.prune.structured import macs_and_params
+    macs1, params1 = macs_and_params(student, s.example)
+    top1_1 = steps[-1]["val_top1"] if steps else top1_0
+    before = {"params": s.params0, "macs": s.macs0, "val_top1": top1_0, "latency": latency.get("unpruned")}
+    after = {"params": params1, "macs": macs1, "val_top1": top1_1,
+             "latency": latency.get(f"step{len(steps)}" if steps else "unpruned")}
+    summary = {"macs_removed": round(1 - macs1 / s.macs0, 4),
+               "params_removed": round(1 - params1 / s.params0, 4),
+               "accuracy_delta_points": round(top1_1 - top1_0, 4)}
+    if before["latency"] and after["latency"]:
+        for q in ("p50", "p90"):
+            summary[f"speedup_{q}"] = round(before["latency"][f"{q}_ms"] / after["latency"][f"{q}_ms"], 3)
+    return before, after, summary
 
 
 def _budget_verdict(budget, after: dict, budget_ms: float, is_main: bool) -> dict:
@@ -199,5 +241,5 @@ def _budget_verdict(budget, after: dict, budget_ms: float, is_main: bool) -> dic
     return {**budget.to_dict(), "met_in_final_run": met}
 
 
-STAGE = Stage(name="prune", version=1, deps=("finetune", "distill"), params=params, run=run,
+STAGE = Stage(name="prune", version=2, deps=("finetune", "distill"), params=params, run=run,
               help="structural channel pruning of the student, accuracy recovered by distillation")

@@ -8,12 +8,11 @@ quantization, what export could not build) are carried into the report.
 from __future__ import annotations
 
 import json
-import re
-from pathlib import Path
 
 from pipeline.artifact import Artifact, Format
 from pipeline.config import Config
 from pipeline.stages.base import Context, Result, Stage
+from pipeline.store import Manifest
 
 REPORT_JSON, REPORT_MD, REPORT_HTML = "report.json", "report.md", "report.html"
 
@@ -21,12 +20,6 @@ REPORT_JSON, REPORT_MD, REPORT_HTML = "report.json", "report.md", "report.html"
 def params(cfg: Config) -> dict:
     return {"run": cfg.run.name, "target": cfg.benchmark.target,
             "deploy_tolerance": cfg.benchmark.deploy_tolerance}
-
-
-def _entry_dir(ctx: Context) -> Path:
-    """Where the staging folder will be once committed (runs/report/<key>/), for the message."""
-    match = re.fullmatch(r"\.staging-([0-9a-f]+)-\d+", ctx.out_dir.name)
-    return ctx.out_dir.parent / match.group(1) if match else ctx.out_dir
 
 
 def run(ctx: Context) -> Result:
@@ -49,12 +42,6 @@ def run(ctx: Context) -> Result:
         outputs[fname.replace(".", "_")] = Artifact.of(out, out / fname, Format.data)
 
     h = report["headline"]
-    for warning in report["upstream"].get("warnings", []):
-        print(f"WARNING: {warning}", flush=True)
-    print(f"HEADLINE: {h['text']}" if h else
-          f"HEADLINE: none: no measured teacher row or deployable row on '{ctx.cfg.benchmark.target}'",
-          flush=True)
-    print(f"report: {_entry_dir(ctx) / REPORT_MD} (and report.json, report.html)", flush=True)
     keys = ("deployed", "speedup_p50", "speedup_p90", "accuracy_change_points", "teacher_accuracy",
             "deployed_accuracy", "deployed_p90_ms", "teacher_p90_ms", "size_ratio", "within_tolerance")
     metrics = {"headline": {k: h[k] for k in keys} if h else None,
@@ -63,6 +50,20 @@ def run(ctx: Context) -> Result:
     return Result(outputs=outputs, metrics=metrics)
 
 
+def publish(manifest: Manifest, cfg: Config) -> None:
+    """Print the warnings, the headline and where the report is: after a run and on cache hits,
+    so `make report` always ends with the headline."""
+    report = json.loads(manifest.path_of("report_json").read_text())
+    for warning in report["upstream"].get("warnings", []):
+        print(f"WARNING: {warning}", flush=True)
+    h = report["headline"]
+    print(f"HEADLINE: {h['text']}" if h else
+          f"HEADLINE: none: no measured teacher row or deployable row on '{cfg.benchmark.target}'",
+          flush=True)
+    print(f"report: {manifest.entry_dir / REPORT_MD} (and report.json, report.html)", flush=True)
+
+
 STAGE = Stage(name="report", version=1,
               deps=("finetune", "distill", "prune", "quantize", "export", "benchmark"),
-              params=params, run=run, help="report.json / report.md / report.html with the headline")
+              params=params, run=run, publish=publish,
+              help="report.json / report.md / report.html with the headline")

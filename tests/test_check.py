@@ -1,0 +1,136 @@
+"""The CI gate: budgets against a real report; exact failure messages, JUnit XML, exit code 5."""
+from __future__ import annotations
+
+import json
+import subprocess
+import xml.etree.ElementTree as ET
+
+import pytest
+
+import bench_fixture
+from pipeline.report.budgets import evaluate
+from pipeline.stages.check import STAGE, BudgetFailed
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.getbasetemp() / "bench-store"
+    manifests = bench_fixture.report(root)
+    report = json.loads(manifests["report"].path_of("report_json").read_text())
+    return {"root": root, "manifests": manifests, "report": report,
+            "rows": {r["id"]: r for r in report["rows"]}}
+
+
+def _cfg(run, tmp_path, *budgets):
+    return bench_fixture.config(run["root"], ["benchmark.batch_sizes=[1]", f"check.junit={tmp_path / 'ci' / 'junit.xml'}",
+                                              *budgets])
+
+
+def _fastest(run, runtime):
+    """The row a p90 budget on runtime/cpu measures, found independently of the budget code."""
+    h = run["report"]["headline"]
+    floor = h["teacher_accuracy"] - run["report"]["settings"]["deploy_tolerance"]
+    rows = [r for r in run["report"]["rows"] if r["status"] == "ok" and r["runtime"] == runtime
+            and r["device"] == "cpu" and r["format"] != "torch" and r["accuracy"] >= floor]
+    return min(rows, key=lambda r: r["p90_ms"])
+
+
+def test_loose_budgets_pass_and_write_junit(run, tmp_path):
+    cfg = _cfg(run, tmp_path, "check.min_accuracy=50", "check.max_accuracy_drop=3",
+               "check.max_p90_ms={onnxruntime/cpu: 1000, openvino/cpu: 1000, tensorrt/cuda: 5}",
+               "check.max_size_mb=100")
+    manifest = bench_fixture.run_stage(run["root"], STAGE, cfg, {"report": run["manifests"]["report"]})
+    STAGE.publish(manifest, cfg)                     # what the runner does after the commit
+    assert manifest.metrics["pass"] == 5 and manifest.metrics["fail"] == 0 and manifest.metrics["skip"] == 1
+    suite = ET.parse(tmp_path / "ci" / "junit.xml").getroot().find("testsuite")
+    assert suite.get("tests") == "6" and suite.get("failures") == "0" and suite.get("skipped") == "1"
+    assert [c.get("name") for c in suite.iter("testcase")] == [
+        "min_accuracy", "max_accuracy_drop", "max_p90_ms[onnxruntime/cpu]", "max_p90_ms[openvino/cpu]",
+        "max_p90_ms[tensorrt/cuda]", "max_size_mb"]
+    skipped = suite.find("testcase[@name='max_p90_ms[tensorrt/cuda]']/skipped")
+    assert "not measured here" in skipped.get("message")
+    assert (manifest.entry_dir / "junit.xml").read_text() == (tmp_path / "ci" / "junit.xml").read_text()
+
+
+def test_tight_budget_fails_with_value_and_limit(run, tmp_path):
+    cfg = _cfg(run, tmp_path, "check.min_accuracy=50", "check.max_p90_ms={openvino/cpu: 0.001}")
+    with pytest.raises(BudgetFailed) as info:
+        STAGE.run(_context(run, cfg, tmp_path))
+    row = _fastest(run, "openvino")
+    expected = (f"FAIL max_p90_ms[openvino/cpu]: measured {row['p90_ms']:.3f} ms, limit <= 0.001 ms "
+                f"({row['id']})")
+    assert [v.message for v in info.value.failures] == [expected]
+    assert str(info.value) == f"1 budget(s) failed:\n  {expected}\nJUnit XML: {tmp_path / 'ci' / 'junit.xml'}"
+    suite = ET.parse(tmp_path / "ci" / "junit.xml").getroot().find("testsuite")
+    assert suite.get("failures") == "1"
+    failure = suite.find("testcase[@name='max_p90_ms[openvino/cpu]']/failure")
+    assert failure.get("message") == expected and failure.text == expected
+    assert suite.find("testcase[@name='min_accuracy']/failure") is None
+
+
+def test_each_budget_reports_what_it_measured(run):
+    from pipeline.config import Check
+    h, rows = run["report"]["headline"], run["rows"]
+    deployed = rows[h["deployed"]]
+    verdicts = evaluate(run["report"], Check(min_accuracy=99.9, max_accuracy_drop=0.0,
+                                              max_size_mb=0.000001, max_p90_ms={"onnxruntime/gpu": 1.0,
+                                                                                "nonsense": 1.0}))
+    by = {v.name: v for v in verdicts}
+    assert by["min_accuracy"].message == (f"FAIL min_accuracy: measured {deployed['accuracy']:.2f} %, "
+                                          f"limit >= 99.90 % ({deployed['id']})")
+    drop = -h["accuracy_change_points"]
+    assert by["max_accuracy_drop"].measured == pytest.approx(drop)
+    assert by["max_accuracy_drop"].status == ("fail" if drop > 0 else "pass")
+    assert by["max_size_mb"].measured == pytest.approx(deployed["size_bytes"] / 1e6)
+    assert by["max_size_mb"].status == "fail"
+    assert by["max_p90_ms[onnxruntime/gpu]"].status == "fail"
+    assert "no row for 'onnxruntime/gpu'" in by["max_p90_ms[onnxruntime/gpu]"].message
+    assert "is not 'runtime/device'" in by["max_p90_ms[nonsense]"].message
+
+
+def _cli_check(run, tmp_path, cli, *budgets):
+    # The default config's own budgets are cleared: each test states the ones it checks.
+    cleared = ["check.min_accuracy=null", "check.max_accuracy_drop=null", "check.max_p90_ms={}",
+               "check.max_size_mb=null"]
+    sets = [*bench_fixture.BENCH, f"run.store={run['root']}", "benchmark.batch_sizes=[1]",
+            f"check.junit={tmp_path / 'cli-junit.xml'}", *cleared, *budgets]
+    args = ["run", "check", "-c", "configs/default.yaml"] + [a for s in sets for a in ("--set", s)]
+    return subprocess.run(cli(*args), capture_output=True, text=True, timeout=300)
+
+
+def test_cli_check_exits_5_on_a_tight_budget_and_commits_nothing(run, tmp_path, cli):
+    from pipeline.store import Store
+    before = {m.key for m in Store(run["root"]).entries("check")}
+    done = _cli_check(run, tmp_path, cli, "check.max_size_mb=0.001")
+    assert done.returncode == 5, done.stdout + done.stderr
+    for stage in ("finetune", "distill", "prune", "quantize", "export", "benchmark", "report"):
+        assert f"{stage:<10} cached" in done.stdout      # only the gate ran
+    deployed = run["rows"][run["report"]["headline"]["deployed"]]
+    expected = (f"FAIL max_size_mb: measured {deployed['size_bytes'] / 1e6:.3f} MB, limit <= 0.001 MB "
+                f"({deployed['id']})")
+    assert f"check: {expected}" in done.stdout
+    assert f"edgeship: 1 budget(s) failed:\n  {expected}\nJUnit XML: {tmp_path / 'cli-junit.xml'}" in done.stderr
+    failure = ET.parse(tmp_path / "cli-junit.xml").getroot().find("testsuite/testcase/failure")
+    assert failure.get("message") == expected
+    assert {m.key for m in Store(run["root"]).entries("check")} == before   # a failing gate is not cached
+
+
+def test_cli_check_passes_on_loose_budgets_and_republishes_when_cached(run, tmp_path, cli):
+    budgets = ("check.min_accuracy=50", "check.max_size_mb=100")
+    done = _cli_check(run, tmp_path, cli, *budgets)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "check: 2 passed, 0 failed, 0 skipped" in done.stdout
+    suite = ET.parse(tmp_path / "cli-junit.xml").getroot().find("testsuite")
+    assert suite.get("tests") == "2" and suite.get("failures") == "0"
+    (tmp_path / "cli-junit.xml").unlink()             # a fresh CI checkout, the store cached
+    again = _cli_check(run, tmp_path, cli, *budgets)
+    assert again.returncode == 0 and "check      cached" in again.stdout
+    assert "check: PASS min_accuracy: measured" in again.stdout
+    assert ET.parse(tmp_path / "cli-junit.xml").getroot().find("testsuite").get("tests") == "2"
+
+
+def _context(run, cfg, tmp_path):
+    from pipeline.stages.base import Context
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    return Context(cfg, {"report": run["manifests"]["report"]}, out, run["root"])
