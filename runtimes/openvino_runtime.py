@@ -85,12 +85,17 @@ class OpenVinoSession:
         self._tensor = ov.Tensor
         self._compiled = compiled
         self._request = compiled.create_infer_request()
+        self._input: np.ndarray | None = None
         self.properties = {key: _property(compiled, key) for key in _REPORTED}
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         # The input is shared, not copied; the output is copied once because the request
         # reuses its buffer on the next call. This is the cheapest Python path into infer().
-        self._request.set_input_tensor(self._tensor(as_batch(batch), shared_memory=True))
+        # The request keeps only a pointer to shared input memory, not a reference: the session
+        # holds the array until the next call, or the request would read (and OpenVINO may
+        # write) memory Python has already freed.
+        self._input = as_batch(batch)
+        self._request.set_input_tensor(self._tensor(self._input, shared_memory=True))
         self._request.infer(share_outputs=True)
         return self._request.get_output_tensor(0).data.copy()
 

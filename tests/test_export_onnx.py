@@ -141,6 +141,33 @@ def test_parity_error_names_artifact_and_numbers(tiny, tiny_static):
     assert err.value.result.max_abs_diff > 1e-3 and not err.value.result.passed
 
 
+def _near_tie_logits(n=100, classes=10, seed=0):
+    """Logits with a clear winner on the first half and a near-tie (lead 2% of range) on the rest."""
+    rng = np.random.default_rng(seed)
+    ref = rng.uniform(0.0, 1.0, (n, classes))
+    ref[:, 0] = 5.0                               # every logit range is ~5
+    ref[n // 2:, 1] = 4.9                         # runner-up within 0.1 of the winner
+    return ref
+
+
+def test_int8_parity_ignores_flipped_near_ties():
+    ref = _near_tie_logits()
+    out = ref.copy()
+    out[50:, 1] += 0.2                            # rounding noise flips every near-tie
+    result = compare_logits(ref, out, "int8")
+    assert result.passed and result.n_judged == 50 and result.top1_agreement == 1.0
+    assert "50 clearly decided of 100 inputs" in result.describe()
+    assert compare_logits(ref, out, "fp32").top1_agreement == 0.5
+
+
+def test_int8_parity_fails_when_clear_decisions_flip():
+    ref = _near_tie_logits()
+    out = ref.copy()
+    out[:5, 2] = 9.0                              # 5 of the 50 clear decisions change class
+    result = compare_logits(ref, out, "int8")
+    assert not result.passed and result.top1_agreement == 0.9
+
+
 def test_failed_export_leaves_no_file(tmp_path):
     pre = Preprocessing(16, (0.5,) * 3, (0.5,) * 3, labels=LABELS)
     with pytest.raises(ExportError, match="single logits tensor"):

@@ -164,6 +164,16 @@ def test_openvino_output_is_not_overwritten_by_the_next_run(tiny):
     np.testing.assert_array_equal(first, kept)
 
 
+def test_openvino_session_keeps_its_shared_input_alive(tiny):
+    # The request holds a bare pointer to the shared input; a converted temporary (float64 in,
+    # float32 fed) must outlive infer() and the call, or OpenVINO reads freed memory.
+    session = openvino_runtime.load(tiny["xml"], "cpu", 1, inference_precision="f32")
+    expected = session.run(tiny["batch"][:1])
+    np.testing.assert_array_equal(session.run(tiny["batch"][:1].astype(np.float64)), expected)
+    fed = session._input
+    assert fed.dtype == np.float32 and sys.getrefcount(fed) > 2  # the session's own reference
+
+
 def test_openvino_compiles_for_latency_and_reports_precision(tiny):
     session = openvino_runtime.load(tiny["xml"], "cpu", threads=1)
     props = session.properties
