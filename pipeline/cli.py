@@ -9,6 +9,21 @@ from pipeline.stage_order import STAGE_NAMES
 
 EXIT_FAIL, EXIT_USAGE, EXIT_NOT_BUILT, EXIT_LOCKED = 1, 2, 3, 4
 EXIT_BUDGET = 5   # `edgeship run check`: a budget failed (see the JUnit XML)
+EXIT_STAGE = 6    # a stage refused its input or could not meet its goal; the message says why
+
+# Errors a stage raises on purpose, with a message that names the thing, the value and the fix:
+# printed without a traceback. Named, not imported, so the CLI loads no heavy library for them.
+STAGE_FAILURES = frozenset({
+    "pipeline.data.imageset.DataError", "pipeline.models.registry.ModelError",
+    "pipeline.prune.structured.PruneError", "pipeline.prune.latency.LatencyUnsupported",
+    "pipeline.prune.budget.BudgetNotMet", "exporters.UnknownExportEdge",
+    "exporters.spec.ExportError", "exporters.parity.ParityError", "exporters.bundle.BundleError",
+    "exporters.quant_sensitivity.QuantizationBudgetError",
+})
+
+
+def _is_stage_failure(exc: BaseException) -> bool:
+    return any(f"{cls.__module__}.{cls.__qualname__}" in STAGE_FAILURES for cls in type(exc).__mro__)
 
 EPILOG = """\
 stages, in order (each reads the manifests of the ones before it):
@@ -27,6 +42,10 @@ examples:
   edgeship run -c cfg.yaml --set prune.ratio=0.4    override a value
   edgeship run -c cfg.yaml --force prune            re-run one stage
   edgeship status -c configs/default.yaml           cached / stale / not run
+
+exit codes:
+  0 done   1 unexpected error   2 bad config or usage   3 stage not built   4 store locked
+  5 a check budget failed   6 a stage refused its input or missed its goal (message says why)
 """
 
 
@@ -134,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgeship: interrupted; nothing half-written was committed", file=sys.stderr)
         return 130
+    except Exception as e:
+        if not _is_stage_failure(e):
+            raise
+        print(f"edgeship: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_STAGE
 
 
 if __name__ == "__main__":

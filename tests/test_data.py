@@ -94,6 +94,20 @@ def test_missing_val_folder(tmp_path):
     assert _error(root) == f"data.root '{root}' has no 'val' folder (expected {root}/val/<class>/<image>)"
 
 
+def test_cli_reports_a_data_error_without_a_traceback(tmp_path):
+    root = tmp_path / "data"
+    _write(root / "train/cat/1.jpg", 10, 10, 0)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", "finetune", "-c", "configs/imagefolder.yaml",
+         "--set", f"data.root={root}", "--set", f"run.store={tmp_path / 'runs'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 6, done.stderr
+    assert done.stderr.strip().endswith(f"edgeship: DataError: data.root '{root}' has no 'val' folder "
+                                        f"(expected {root}/val/<class>/<image>)")
+    assert "Traceback" not in done.stderr
+    assert not any((tmp_path / "runs").glob("finetune/*/manifest.json"))
+
+
 def test_no_class_folders(tmp_path):
     root = tmp_path / "data"
     (root / "train").mkdir(parents=True)

@@ -12,11 +12,15 @@ from pipeline.stages.base import Context, Result, Stage
 from pipeline.stages.common import data_params, load_model
 
 
+def _requested_scheme(cfg: Config) -> str | None:
+    """The configured scheme, or None for auto (the quantizer then picks one and records why)."""
+    return None if cfg.quantize.scheme.value == "auto" else cfg.quantize.scheme.value
+
+
 def _scheme(cfg: Config) -> str:
     """The concrete activation/weight scheme (auto resolves on this CPU, so it joins the key)."""
     from exporters.onnx_int8 import choose_scheme
-    scheme = None if cfg.quantize.scheme.value == "auto" else cfg.quantize.scheme.value
-    return choose_scheme(scheme)[0].value
+    return choose_scheme(_requested_scheme(cfg))[0].value
 
 
 def params(cfg: Config) -> dict:
@@ -78,7 +82,7 @@ def run(ctx: Context) -> Result:
     else:
         quantizer = quantize_onnx
     quantize_fn = functools.partial(quantizer, method=q.calibration.method.value,
-                                    per_channel=q.per_channel, scheme=_scheme(cfg))
+                                    per_channel=q.per_channel, scheme=_requested_scheme(cfg))
     scores: dict = {}
     evaluate = functools.partial(onnx_top1, val=val, pre=pre, threads=cfg.run.threads, log=scores)
     sensitivity = val.batch(pre, min(q.sensitivity_samples, val.count))
