@@ -37,7 +37,7 @@ class ParityResult:
     max_abs_tolerance: float | None  # None: not checked (int8)
     min_agreement: float
     passed: bool
-    n_judged: int = -1  # samples whose top-1 was compared (int8: the clearly decided ones)
+    n_judged: int  # samples whose top-1 was compared (int8: the clearly decided ones)
 
     def describe(self) -> str:
         bound = "not checked" if self.max_abs_tolerance is None else f"<= {self.max_abs_tolerance:.3g}"
@@ -48,7 +48,7 @@ class ParityResult:
         )
 
     def judged_text(self) -> str:
-        if self.n_judged in (-1, self.n_samples):
+        if self.n_judged == self.n_samples:
             return f"{self.n_samples} inputs"
         return f"{self.n_judged} clearly decided of {self.n_samples} inputs"
 

@@ -92,8 +92,8 @@ class OpenVinoSession:
         # The input is shared, not copied; the output is copied once because the request
         # reuses its buffer on the next call. This is the cheapest Python path into infer().
         # The request keeps only a pointer to shared input memory, not a reference: the session
-        # holds the array until the next call, or the request would read (and OpenVINO may
-        # write) memory Python has already freed.
+        # holds the array until the next call, or a converted temporary would be freed before
+        # infer() reads it.
         self._input = as_batch(batch)
         self._request.set_input_tensor(self._tensor(self._input, shared_memory=True))
         self._request.infer(share_outputs=True)

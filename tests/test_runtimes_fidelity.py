@@ -67,31 +67,23 @@ def test_benchmark_app_is_found():
     assert cmd[0].endswith("benchmark_app") or "openvino.tools.benchmark.main" in cmd[-1]
 
 
-TINY_IR_SCRIPT = """
-import sys, openvino as ov, torch
-torch.manual_seed(0)
-model = torch.nn.Sequential(
-    torch.nn.Conv2d(3, 16, 3, 2, 1), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3, 2, 1),
-    torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10)).eval()
-onnx_path, xml = sys.argv[1], sys.argv[2]
-torch.onnx.export(model, (torch.randn(2, 3, 64, 64),), onnx_path, dynamo=True,
-                  dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
-ov.save_model(ov.convert_model(onnx_path), xml)
-"""
-
-
 @pytest.fixture(scope="module")
 def tiny_ir(tmp_path_factory):
-    """A small conv net with a dynamic batch axis, as an OpenVINO IR.
+    """A small conv net with a dynamic batch axis, as an OpenVINO IR."""
+    import openvino as ov
+    import torch
 
-    Built in a fresh interpreter, as the export stage would build it: late in a long test session
-    the in-process torch exporter and OpenVINO frontends have crashed on the state earlier tests
-    left behind, which says nothing about the fidelity command under test.
-    """
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, 2, 1), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3, 2, 1),
+        torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(32, 10)).eval()
     out = tmp_path_factory.mktemp("fidelity")
+    onnx_path = out / "net.onnx"
+    torch.onnx.export(model, (torch.randn(2, 3, 64, 64),), str(onnx_path), dynamo=True,
+                      dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
     xml = out / "net.xml"
-    subprocess.run([sys.executable, "-c", TINY_IR_SCRIPT, str(out / "net.onnx"), str(xml)],
-                   check=True, capture_output=True, timeout=300)
+    ov.save_model(ov.convert_model(str(onnx_path)), str(xml))
     return xml
 
 
