@@ -9,6 +9,7 @@ CUDA events recorded on the session's stream can time the device timeline instea
 from __future__ import annotations
 
 import gc
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -159,6 +160,30 @@ def measure(session: Session, batch: np.ndarray, warmup: int = 10, min_iteration
     stats.timer = "cuda_events" if cuda_events else "perf_counter_ns"
     stats.methodology = _methodology(warmup, min_iterations, min_seconds, stats)
     return stats
+
+
+def measure_alternating(sessions: dict[str, Session], batch: np.ndarray, rounds: int,
+                        **measure_options) -> dict[str, list[LatencyStats]]:
+    """Measure every session in `rounds` short alternating rounds (A B C, C B A, ...).
+
+    Many short rounds rather than one long block per model: when other processes load the
+    machine on and off, every model then samples the same mixture of quiet and busy moments, so
+    ratios between them compare like with like. Returns each session's rounds, in order.
+    """
+    if rounds < 1:
+        raise ValueError(f"measure_alternating needs rounds >= 1, got {rounds}")
+    names = list(sessions)
+    runs: dict[str, list[LatencyStats]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            runs[name].append(measure(sessions[name], batch, **measure_options))
+    return runs
+
+
+def median_round(stats: list[LatencyStats]) -> LatencyStats:
+    """The round whose p50 is the (lower) median of all rounds' p50."""
+    p50s = [s.p50_ms for s in stats]
+    return stats[p50s.index(statistics.median_low(p50s))]
 
 
 def _methodology(warmup: int, min_iterations: int, min_seconds: float, s: LatencyStats) -> str:

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -9,7 +12,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from runtimes import onnxruntime_runtime
-from runtimes.harness import LatencyStats, measure, peak_rss_mb, summarize
+from runtimes.harness import (LatencyStats, measure, measure_alternating, median_round, peak_rss_mb,
+                              summarize)
 
 
 def test_summarize_one_to_hundred_ms():
@@ -71,6 +75,9 @@ def tiny_session():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model)
     return onnxruntime_runtime.load(model, "cpu", threads=1)
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class CountingSession:
@@ -135,3 +142,69 @@ def test_cuda_events_need_a_gpu(tiny_session):
     with pytest.raises(ValueError, match="needs a CUDA device"):
         measure(tiny_session, np.zeros((1, 3, 16, 16), np.float32), warmup=0,
                 min_iterations=1, min_seconds=0.0, cuda_events=True)
+
+
+class OrderedSession(CountingSession):
+    """A counting session that also writes its name into a shared log on every run."""
+
+    def __init__(self, inner, name, log) -> None:
+        super().__init__(inner)
+        self.name, self.log = name, log
+
+    def run(self, batch):
+        if not self.log or self.log[-1] != self.name:
+            self.log.append(self.name)
+        return super().run(batch)
+
+
+def test_measure_alternating_reverses_the_order_every_round(tiny_session):
+    log: list[str] = []
+    sessions = {n: OrderedSession(tiny_session, n, log) for n in ("a", "b", "c")}
+    batch = np.zeros((1, 3, 16, 16), np.float32)
+    runs = measure_alternating(sessions, batch, rounds=3, warmup=1, min_iterations=5, min_seconds=0.0)
+    assert log == ["a", "b", "c", "b", "a", "b", "c"]  # a b c | c b a | a b c, repeats merged
+    assert {n: len(r) for n, r in runs.items()} == {"a": 3, "b": 3, "c": 3}
+    assert all(s.iterations == 5 for r in runs.values() for s in r)
+    with pytest.raises(ValueError, match="rounds >= 1"):
+        measure_alternating(sessions, batch, rounds=0)
+
+
+def test_median_round_is_the_lower_median_by_p50():
+    rounds = [summarize([ms * 1_000_000], 1) for ms in (5, 1, 9, 3)]
+    assert median_round(rounds).p50_ms == 3.0
+
+
+def _conv_onnx(path, batch_dim):
+    rng = np.random.default_rng(1)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch_dim, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch_dim, 4, 16, 16])],
+        [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _side_by_side(*args):
+    return subprocess.run([sys.executable, "-m", "runtimes.side_by_side", *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_side_by_side_command_measures_every_model_and_thread_count(tmp_path):
+    a, b = _conv_onnx(tmp_path / "a.onnx", 1), _conv_onnx(tmp_path / "b.onnx", 1)
+    done = _side_by_side(a, b, "--threads", 1, 2, "--rounds", 3, "--seconds", 0.01)
+    assert done.returncode == 0, done.stderr
+    assert "input (1, 3, 16, 16), 3 alternating rounds" in done.stdout
+    rows = [line for line in done.stdout.splitlines() if line.rstrip().split()[0].endswith(".onnx")]
+    assert [(r.split()[0][-6:], r.split()[1]) for r in rows] == [
+        ("a.onnx", "1"), ("a.onnx", "2"), ("b.onnx", "1"), ("b.onnx", "2")]
+    assert rows[0].split()[4] == "1.00x" and all(len(r.split()) == 8 for r in rows)
+
+
+def test_side_by_side_names_what_is_wrong(tmp_path):
+    dynamic = _conv_onnx(tmp_path / "dyn.onnx", "n")
+    done = _side_by_side(dynamic)
+    assert done.returncode == 2 and "dynamic input shape" in done.stderr and "--shape" in done.stderr
+    assert _side_by_side(dynamic, "--shape", "1,3,16,16", "--rounds", 1, "--seconds", 0).returncode == 0
+    missing = _side_by_side(tmp_path / "nope.onnx")
+    assert missing.returncode == 2 and "nope.onnx" in missing.stderr

@@ -4,7 +4,6 @@ alternating rounds, so a background load slows them alike instead of favouring o
 """
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,27 +81,17 @@ class LatencyProbe:
 
     def measure_together(self, sessions: dict[str, object], pre: Preprocessing,
                          rounds: int) -> dict[str, dict]:
-        """Time every session in `rounds` short alternating rounds (A B C, C B A, ...); report
-        each model's median round (by p50) and list every round's p50.
-
-        Many short rounds rather than one long block per model: when other processes load the
-        machine on and off, every model then samples the same mixture of quiet and busy
-        moments, so the ratio of medians compares like with like.
+        """Time every session in `rounds` alternating rounds (see runtimes.harness.measure_alternating);
+        report each model's median round (by p50) and list every round's p50.
 
         Returns {name: LatencyStats.to_dict() + {"rounds_p50_ms": [...]}}.
         """
-        batch = self.batch_of(pre)
-        names = list(sessions)
-        runs: dict[str, list] = {n: [] for n in names}
-        for r in range(rounds):
-            for name in (names if r % 2 == 0 else names[::-1]):
-                runs[name].append(self.measure(sessions[name], batch))
-        out = {}
-        for name, stats in runs.items():
-            p50s = [s.p50_ms for s in stats]
-            chosen = stats[p50s.index(statistics.median_low(p50s))]
-            out[name] = {**chosen.to_dict(), "rounds_p50_ms": [round(v, 4) for v in p50s]}
-        return out
+        from runtimes.harness import measure_alternating, median_round
+        runs = measure_alternating(sessions, self.batch_of(pre), rounds, warmup=_WARMUP,
+                                   min_iterations=_MIN_ITERATIONS, min_seconds=self.seconds)
+        return {name: {**median_round(stats).to_dict(),
+                       "rounds_p50_ms": [round(s.p50_ms, 4) for s in stats]}
+                for name, stats in runs.items()}
 
     def describe(self, rounds: int) -> str:
         return (f"{self.label}, {self.threads} threads, batch {self.batch}, fp32 ONNX; the unpruned "
