@@ -73,12 +73,6 @@ class LatencyProbe:
         rng = np.random.default_rng(0)
         return rng.standard_normal(pre.input_shape(self.batch)).astype(np.float32)
 
-    def measure(self, session, batch: np.ndarray):
-        """One harness run of `session` on `batch` (LatencyStats)."""
-        from runtimes.harness import measure
-        return measure(session, batch, warmup=_WARMUP, min_iterations=_MIN_ITERATIONS,
-                       min_seconds=self.seconds)
-
     def measure_together(self, sessions: dict[str, object], pre: Preprocessing,
                          rounds: int) -> dict[str, dict]:
         """Time every session in `rounds` alternating rounds (see runtimes.harness.measure_alternating);
