@@ -94,7 +94,9 @@ def _prune_step(i: int, n: int, ratio: float, student, pruner, s: _Setup) -> dic
     from pipeline.train.loop import evaluate
     p = s.cfg.prune
     t0 = time.time()
-    if s.plan.importance == Importance.taylor:
+    # Taylor scores need gradients of the current weights: step 1 reuses those run() took for the
+    # ratio search (same weights, same batches); later steps score the recovered weights.
+    if s.plan.importance == Importance.taylor and i > 1:
         accumulate_gradients(student, s.loss, s.train, p.recover.batch_size, s.device)
     student.cpu()
     pruner.step()
