@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Optional
+from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 
 class Strict(BaseModel):
@@ -25,9 +25,11 @@ class Device(str, Enum):
 
 
 class Strategy(str, Enum):
-    linear_probe = "linear_probe"
+    linear_probe = "linear_probe"          # head only, fitted on cached frozen features
+    lp_ft = "lp_ft"                        # that probe's head, then every layer at a small lr
     full = "full"
     gradual_unfreeze = "gradual_unfreeze"
+    auto = "auto"                          # chosen from the data's size and the probe's accuracy
 
 
 class Adaptation(str, Enum):
@@ -84,6 +86,10 @@ class Augment(Strict):
     hflip: bool = False
     rotation_deg: float = Field(0.0, ge=0, le=180)
     color_jitter: float = Field(0.0, ge=0, le=1)
+    mixup: float = Field(0.0, ge=0, description="Beta(a, a) of mixup, mixing whole images "
+                         "(0: off); the batch's labels mix with them")
+    cutmix: float = Field(0.0, ge=0, description="Beta(a, a) of cutmix, pasting a box of another "
+                          "image (0: off); with mixup too, each batch takes one of the two")
 
 
 class Train(Strict):
@@ -97,7 +103,16 @@ class Train(Strict):
     patience: int = Field(5, ge=1, description="epochs without val improvement before stopping")
     warmup_epochs: int = Field(0, ge=0)
     augment: Augment = Augment()
+    ema: Optional[float] = Field(None, gt=0, lt=1, description="decay of an exponential moving "
+                                 "average of the weights, per step (e.g. 0.998); the average is "
+                                 "what is validated and kept. null: off")
     amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
+    freeze_norm_stats: bool = Field(False, description="BatchNorm keeps its running statistics "
+                                    "(eval mode) while its scale and shift still train: small "
+                                    "batches of augmented images then cannot drift the statistics "
+                                    "the pretrained features and a probed head rely on")
+    channels_last: bool = Field(True, description="train in NHWC memory format (faster "
+                                "convolution kernels on CPU and GPU)")
 
 
 class Run(Strict):
@@ -105,8 +120,17 @@ class Run(Strict):
     store: str = Field("runs", description="artifact store root")
     seed: int = 0
     device: Device = Device.auto
-    threads: int = Field(2, ge=1, description="CPU threads for training and evaluation")
+    threads: Union[PositiveInt, Literal["auto"]] = Field(
+        "auto", description="CPU threads for training and evaluation; auto: the cores this "
+        "process may use (affinity mask and cgroup quota)")
     num_workers: int = Field(0, ge=0, description="data-loader worker processes")
+
+    def thread_count(self) -> int:
+        """`threads` as a number: `auto` resolves to this machine's usable cores."""
+        if self.threads == "auto":
+            from runtimes.cpus import usable_cores
+            return usable_cores()
+        return self.threads
 
 
 class DannConfig(Strict):
@@ -125,6 +149,11 @@ class Finetune(Strict):
     unfreeze_every: int = Field(1, ge=1, description="gradual_unfreeze: epochs between unfreezing a block")
     layer_decay: float = Field(1.0, gt=0, le=1, description="layer-wise lr decay (1.0: off)")
     drop_rate: float = Field(0.2, ge=0, lt=1)
+    drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth: the chance a "
+                                  "residual block is skipped in training (timm backbones)")
+    probe_l2: list[float] = Field(default_factory=lambda: [1e-3, 1e-2, 0.1, 0.3, 1.0], min_length=1,
+                                  description="L2 strengths the linear probe tries; the best on "
+                                  "val is kept")
     train: Train = Train()
     adaptation: Adaptation = Adaptation.none
     dann: DannConfig = DannConfig()
@@ -137,6 +166,8 @@ class Distill(Strict):
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft (teacher) loss")
     drop_rate: float = Field(0.2, ge=0, lt=1)
+    probe_init: bool = Field(False, description="start both students from a linear probe of "
+                             "their frozen features (the LP of LP-FT) instead of a random head")
     compare_alone: bool = Field(True, description="also train the student alone, same budget")
     train: Train = Train()
 
@@ -159,6 +190,10 @@ class Prune(Strict):
     measure_rounds: int = Field(10, ge=1, description="short alternating rounds per model; the median "
                                 "round is reported")
     steps: int = Field(3, ge=1)
+    max_accuracy_drop: Optional[float] = Field(
+        1.0, ge=0, description="points of val top-1 the pruned model may lose against the "
+        "unpruned student after recovery; pruning stops at the last step that keeps it, down to "
+        "no pruning at all. null: no limit")
     round_to: int = Field(8, ge=1)
     ignored_layers: list[str] = Field(default_factory=list)
     layer_ratios: dict[str, float] = Field(default_factory=dict,
@@ -248,6 +283,9 @@ class Check(Strict):
     max_p90_ms: dict[str, float] = Field(
         default_factory=dict, description="'runtime/device' -> ms: p90 at the headline batch of the "
         "fastest artifact on that runtime and device within benchmark.deploy_tolerance")
+    max_p90_vs_teacher: dict[str, float] = Field(
+        default_factory=dict, description="'runtime/device' -> ratio: p90 of that same artifact "
+        "over the teacher's p90 in PyTorch eager FP32 (0.5: at least twice as fast)")
     max_size_mb: Optional[float] = None
     junit: str = "check-junit.xml"
 

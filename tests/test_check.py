@@ -88,6 +88,19 @@ def test_each_budget_reports_what_it_measured(run):
     assert "is not 'runtime/device'" in by["max_p90_ms[nonsense]"].message
 
 
+def test_latency_budget_relative_to_the_teacher(run):
+    from pipeline.config import Check
+    report = run["report"]
+    teacher = run["rows"][report["headline"]["teacher"]]
+    fastest = _fastest(run, "onnxruntime")
+    ratio = fastest["p90_ms"] / teacher["p90_ms"]
+    loose, tight = (evaluate(report, Check(max_p90_vs_teacher={"onnxruntime/cpu": limit}))[0]
+                    for limit in (ratio * 1.01, ratio * 0.99))
+    assert loose.status == "pass" and tight.status == "fail" and loose.measured == pytest.approx(ratio)
+    assert loose.subject == fastest["id"] and f"teacher {teacher['id']}" in loose.message
+    assert loose.message.startswith(f"PASS max_p90_vs_teacher[onnxruntime/cpu]: measured {ratio:.2f} x")
+
+
 def _cli_check(run, tmp_path, cli, *budgets):
     # The default config's own budgets are cleared: each test states the ones it checks.
     cleared = ["check.min_accuracy=null", "check.max_accuracy_drop=null", "check.max_p90_ms={}",

@@ -14,7 +14,7 @@ from pipeline.models.layers import param_groups
 from pipeline.models.registry import ModelSpec, build_model, model_preprocessing
 from pipeline.train.dann import (DomainClassifier, classifier_of, dann_loss, ramp, reverse_gradient,
                                  target_domain, target_top1)
-from pipeline.train.loop import fit
+from pipeline.train.loop import FitResult, fit
 
 
 def test_gradient_reversal_flips_the_sign_reaching_the_features():
@@ -173,7 +173,25 @@ def test_scratch_baseline_trains_and_warns(capsys):
     cfg.finetune.adaptation = Adaptation.none
     cfg.finetune.train.augment.random_resized_crop = None
     torch.set_num_threads(1)
-    out = scratch_baseline(cfg, torch.device("cpu"), pretrained_top1=0.0)   # any real run beats 0%
+    pretrained = FitResult(best_top1=0.0, best_epoch=1, seconds=600.0,     # any real run beats 0%
+                           history=[{"epoch": 1, "val_top1": 0.0, "seconds": 0.0}])
+    out = scratch_baseline(cfg, torch.device("cpu"), pretrained)
     assert out["scratch_top1"] > 0.0 and out["negative_transfer"] is True
-    assert len(out["scratch_history"]) == 1
+    assert len(out["scratch_history"]) == 1 and out["scratch_budget_seconds"] == 200.0
     assert "WARNING: NEGATIVE TRANSFER" in capsys.readouterr().err
+
+
+def test_scratch_run_stops_at_its_time_budget():
+    from pipeline.stages.negative_transfer import best_within, scratch_baseline
+    cfg = _tiny_cfg()
+    cfg.finetune.adaptation = Adaptation.none
+    cfg.finetune.train.epochs = 50
+    torch.set_num_threads(1)
+    pretrained = FitResult(best_top1=90.0, best_epoch=2, seconds=3.0, history=[
+        {"epoch": 1, "val_top1": 40.0, "seconds": 0.5}, {"epoch": 2, "val_top1": 90.0, "seconds": 3.0}])
+    out = scratch_baseline(cfg, torch.device("cpu"), pretrained)
+    assert out["scratch_stopped_by_budget"] is True and out["scratch_budget_seconds"] == 1.0
+    assert out["scratch_seconds"] < 10.0          # one second of training, then one val pass
+    # judged against what the pretrained run had reached after the same training time
+    assert out["pretrained_top1_same_budget"] == best_within(pretrained.history, out["scratch_seconds"])
+    assert best_within(pretrained.history, 0.1) is None and best_within(pretrained.history, 5) == 90.0

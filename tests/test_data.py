@@ -290,10 +290,23 @@ def test_unlabelled_returns_images_only():
     assert isinstance(batch, torch.Tensor) and tuple(batch.shape) == (4, 3, 24, 24)
 
 
-def test_cache_refused_with_augmentation():
-    images = load_splits(DataSpec(kind="digits")).val.subset(range(2))
-    with pytest.raises(ValueError, match="augmented set draws new pixels"):
-        TorchImageSet(images, PRE, Augment(), cache=True)
+def test_augmented_set_caches_decoded_images_without_changing_pixels():
+    images = load_splits(DataSpec(kind="digits")).val.subset(range(3))
+    cached = TorchImageSet(images, PRE, Augment(hflip=True, rotation_deg=15), seed=3).preload()
+    fresh = TorchImageSet(images, PRE, Augment(hflip=True, rotation_deg=15), seed=3, cache=False)
+    assert len(cached._pixels) == 3 and not fresh._pixels
+    for epoch in (0, 1):
+        cached.set_epoch(epoch), fresh.set_epoch(epoch)
+        for i in range(3):
+            assert np.array_equal(cached.array(i), fresh.array(i))
+
+
+def test_large_photos_are_reduced_once_before_augmentation(tmp_path):
+    from pipeline.data.imageset import ImageSet
+    big = Image.new("RGB", (1200, 900), (10, 200, 30))
+    images = ImageSet(ids=["a"], targets=[0], classes=["x"], load=lambda i: big, fingerprint="f")
+    ds = TorchImageSet(images, PRE, Augment(), cache=False)   # PRE: 24 px, so crops need <= 48 px
+    assert min(ds._source(0).size) < 900 and min(ds._source(0).size) >= 2 * PRE.input_size
 
 
 def test_modes_become_rgb():

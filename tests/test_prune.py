@@ -168,7 +168,7 @@ def test_prune_stage_end_to_end(tmp_path):
                              "prune.steps=2", "prune.importance=taylor", "prune.round_to=1",
                              "prune.recover.epochs=1", "prune.recover.augment.random_resized_crop=null",
                              "prune.measure_seconds=0.05", "prune.measure_rounds=1",
-                             "prune.budget_threads=1"])
+                             "prune.budget_threads=1", "prune.max_accuracy_drop=null"])
     store = Store(cfg.run.store)
     pre = model_preprocessing(SPEC, CLASSES, SIZE, 1.0)
     inputs = {}
@@ -189,3 +189,74 @@ def test_prune_stage_end_to_end(tmp_path):
     reloaded, reloaded_pre = load_model(manifest)
     assert reloaded_pre == pre
     assert macs_and_params(reloaded, EXAMPLE)[0] == m["after"]["macs"]
+
+
+def test_accuracy_budget_keeps_the_last_step_that_holds_it():
+    from pipeline.stages.prune import _accuracy_budget, _within_budget
+    steps = [{"step": 1, "val_top1": 89.5, "macs_removed": 0.2}, {"step": 2, "val_top1": 87.0, "macs_removed": 0.4}]
+    assert _within_budget(steps[0], 90.0, 1.0) and steps[0]["accuracy_drop_points"] == 0.5
+    assert not _within_budget(steps[1], 90.0, 1.0) and steps[1]["accuracy_drop_points"] == 3.0
+    assert _within_budget(steps[1], 90.0, None)                     # no budget: anything goes
+    record = _accuracy_budget(steps, 1, 3, 90.0, 1.0)
+    assert record["backed_off"] and record["steps_kept"] == 1
+    assert record["warning"].startswith("prune backed off: step 2 of 3 lost 3.00 points (> "
+                                        "prune.max_accuracy_drop 1); shipping step 1 (20.0% of MACs removed")
+    assert "the unpruned student (90.00%)" in _accuracy_budget(steps, 0, 3, 90.0, 1.0)["warning"]
+    assert _accuracy_budget(steps, 2, 2, 90.0, 1.0)["warning"] is None
+
+
+def test_prune_stage_backs_off_when_a_step_loses_too_much(tmp_path, monkeypatch):
+    """A trained tiny student; step 2's recovered model is broken for real (its head zeroed, so it
+    predicts one class): the stage must ship step 1's model and say why."""
+    import pipeline.prune.recover as recover_module
+    from pipeline.config import Augment, Train
+    from pipeline.data import load_splits
+    from pipeline.data.torch_dataset import TorchImageSet
+    from pipeline.models.layers import param_groups
+    from pipeline.stages.base import Context
+    from pipeline.stages.common import load_model, save_model
+    from pipeline.stages.prune import STAGE
+    from pipeline.store import Manifest, Store
+    from pipeline.train.loop import evaluate, fit
+
+    cfg = load_config(None, [f"run.store={tmp_path / 'runs'}", "run.threads=1", "prune.ratio=0.3",
+                             "prune.steps=2", "prune.round_to=1", "prune.recover.epochs=1",
+                             "prune.recover.augment.random_resized_crop=null", "prune.measure_seconds=0.05",
+                             "prune.measure_rounds=1", "prune.budget_threads=1", "prune.max_accuracy_drop=30"])
+    pre = model_preprocessing(SPEC, CLASSES, SIZE, 1.0)
+    splits = load_splits(cfg.data, 0)
+    student = _model(2)
+    train = Train(epochs=2, batch_size=64, lr=0.01, warmup_epochs=0, augment=Augment(random_resized_crop=None))
+    fit(student, TorchImageSet(splits.train, pre), TorchImageSet(splits.val, pre), train, torch.device("cpu"),
+        0, param_groups(student, 0.01, 0.0, 1.0))
+    store = Store(cfg.run.store)
+    inputs = {}
+    for stage, model in (("finetune", student), ("distill", student)):
+        staging = store.staging_dir(stage, stage)
+        art = save_model(copy.deepcopy(model), SPEC, pre, staging)
+        inputs[stage] = store.commit(staging, Manifest(stage, 1, stage, {}, {}, {"model": art}))
+
+    real_recover = recover_module.recover
+
+    def recover_then_break_step_two(model, train_set, val_set, *args, **kwargs):
+        result = real_recover(model, train_set, val_set, *args, **kwargs)
+        if args[-2].endswith("2/2"):                     # desc
+            with torch.no_grad():
+                model.classifier.weight.zero_()
+                model.classifier.bias.zero_()
+            result.best_top1 = evaluate(model, val_set, torch.device("cpu"))["top1"]
+        return result
+    monkeypatch.setattr(recover_module, "recover", recover_then_break_step_two)
+
+    out = tmp_path / "out"
+    out.mkdir()
+    result = STAGE.run(Context(cfg=cfg, inputs=inputs, out_dir=out, store_root=store.root))
+    m = result.metrics
+    assert m["before"]["val_top1"] > 45.0, "the trained student must be good enough for a drop to show"
+    s1, s2 = m["steps"]
+    assert s1["accuracy_drop_points"] <= 30 < s2["accuracy_drop_points"]
+    budget = m["accuracy_budget"]
+    assert budget["steps_kept"] == 1 and budget["backed_off"] and "shipping step 1" in budget["warning"]
+    assert m["after"]["val_top1"] == s1["val_top1"] and m["after"]["macs"] == s1["macs"]
+    reloaded, _ = load_model(Manifest("prune", 1, "k", {}, {}, result.outputs, entry_dir=out))
+    assert macs_and_params(reloaded, EXAMPLE)[0] == s1["macs"]

@@ -22,17 +22,15 @@ class TorchImageSet(torch.utils.data.Dataset):
 
     Without `augment` (eval), the resized and centre-cropped pixels are cached as uint8
     (a quarter of float32) up to `cache_mb`, so later epochs skip decoding and resizing; the
-    tensor is still exactly `Preprocessing(image)`. Call `preload()` before creating worker
-    processes to share one filled cache with all of them.
+    tensor is still exactly `Preprocessing(image)`. With `augment`, the decoded images are
+    cached instead (see `_source`). Call `preload()` before creating worker processes to share
+    one filled cache with all of them.
     """
 
     def __init__(self, images: ImageSet, preprocessing: Preprocessing, augment: Optional[Augment] = None,
                  seed: int = 0, cache: Optional[bool] = None, cache_mb: float = 2048):
-        if cache and augment is not None:
-            raise ValueError("TorchImageSet(cache=True) keeps eval tensors; an augmented set draws new "
-                             "pixels every epoch (pass augment=None to cache, or cache=False)")
         self.images, self.preprocessing, self.augment, self.seed = images, preprocessing, augment, seed
-        self.cache = (augment is None) if cache is None else bool(cache)
+        self.cache = True if cache is None else bool(cache)
         self.cache_bytes = int(cache_mb * 2**20)
         self.epoch = 0
         self._transform = TrainTransform(preprocessing, augment, seed) if augment is not None else None
@@ -63,23 +61,43 @@ class TorchImageSet(torch.utils.data.Dataset):
             self._cached_bytes += pixels.nbytes
         return pixels
 
+    def _source(self, i: int):
+        """The decoded training image, reduced to at most twice the resolution any crop needs.
+
+        Decoding a photo costs about as much as a small model's forward pass, every epoch, so
+        decoded images are kept (up to `cache_mb`). The reduction depends on the image and the
+        input size only, never on what the cache holds, so pixels are the same either way."""
+        if i in self._pixels:
+            return self._pixels[i]
+        image = self.images.image(i)
+        needed = 2 * self.preprocessing.input_size / self.preprocessing.crop_pct
+        factor = int(min(image.size) // needed)
+        if factor >= 2:      # Image.reduce: box filter by a whole factor, fast and alias-free
+            image = image.reduce(factor)
+        nbytes = image.width * image.height * len(image.getbands())
+        if self.cache and self._cached_bytes + nbytes <= self.cache_bytes:
+            self._pixels[i] = image
+            self._cached_bytes += nbytes
+        return image
+
     def array(self, i: int) -> np.ndarray:
         """Float32 CHW array of sample i (augmented for the current epoch when training)."""
         i = range(len(self))[i]   # canonical non-negative index: seeds depend on it
         if self._transform is not None:
-            return self._transform(self.images.image(i), self.epoch, i)
+            return self._transform(self._source(i), self.epoch, i)
         return self.preprocessing.normalize(self._eval_pixels(i))
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return torch.from_numpy(self.array(i)), int(self.images.targets[i])
 
     def preload(self) -> "TorchImageSet":
-        """Fill the eval cache now (in this process), up to `cache_mb`."""
+        """Fill the cache now (in this process), up to `cache_mb`."""
         if self.cache:
+            fill = self._eval_pixels if self._transform is None else self._source
             for i in range(len(self)):
                 if self._cached_bytes >= self.cache_bytes:
                     break
-                self._eval_pixels(i)
+                fill(i)
         return self
 
     def unlabelled(self) -> "UnlabelledSet":

@@ -33,7 +33,8 @@ def run_arm(cfg: Config, adaptation: Adaptation, seed: int) -> dict:
     arm.finetune.adaptation = adaptation
     device = setup_torch(arm)
     t0 = time.time()
-    model, _, pre, result = train_teacher(arm, device, arm.finetune.weights, f"{adaptation.value} s{seed}")
+    model, _, pre, transferred = train_teacher(arm, device, arm.finetune.weights, f"{adaptation.value} s{seed}")
+    result = transferred.fit
     return {"seed": seed, "adaptation": adaptation.value, "source_val_top1": result.best_top1,
             "target_top1": target_top1(model, arm, pre, device), "best_epoch": result.best_epoch,
             "seconds": round(time.time() - t0, 1)}

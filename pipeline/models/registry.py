@@ -25,13 +25,15 @@ class ModelSpec:
     name: str
     num_classes: int
     drop_rate: float = 0.0
+    drop_path_rate: float = 0.0      # stochastic depth; like dropout, only active in training
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
-        return cls(d["name"], int(d["num_classes"]), float(d.get("drop_rate", 0.0)))
+        return cls(d["name"], int(d["num_classes"]), float(d.get("drop_rate", 0.0)),
+                   float(d.get("drop_path_rate", 0.0)))
 
 
 def _family(name: str) -> tuple[str, str]:
@@ -58,7 +60,8 @@ def _create(spec: ModelSpec, pretrained: bool):
     import timm
     family, bare = _family(spec.name)
     if family == "packaged":
-        model = timm.create_model(PACKAGED[bare][2], pretrained=False, drop_rate=spec.drop_rate)
+        model = timm.create_model(PACKAGED[bare][2], pretrained=False, drop_rate=spec.drop_rate,
+                                  drop_path_rate=spec.drop_path_rate)
         if pretrained:
             model.load_state_dict(packaged_state_dict(bare, model.state_dict()), strict=False)
         model.reset_classifier(spec.num_classes)
@@ -66,7 +69,7 @@ def _create(spec: ModelSpec, pretrained: bool):
     if family == "timm":
         try:
             return timm.create_model(bare, pretrained=pretrained, num_classes=spec.num_classes,
-                                     drop_rate=spec.drop_rate)
+                                     drop_rate=spec.drop_rate, drop_path_rate=spec.drop_path_rate)
         except Exception as e:  # hub download failures surface as many exception types
             raise ModelError(_offline_hint(spec.name, e)) from e
     import torchvision

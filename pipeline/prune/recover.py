@@ -65,13 +65,14 @@ def recalibrate_batchnorm(model, dataset, batch_size: int, device, batches: int 
 def recover(model, train_set, val_set, cfg: Train, device, seed: int, loss_fn, desc: str,
             num_workers: int = 0):
     """Fine-tune a freshly pruned model with `loss_fn` (distillation from the teacher); returns
-    the FitResult, with the best-on-val weights loaded into `model`."""
+    the FitResult, with the best-on-val weights loaded into `model` (the pruned weights before
+    recovery count too: recovery never ships a worse model)."""
     from pipeline.models.layers import param_groups
     from pipeline.train.loop import fit
     model.zero_grad(set_to_none=True)
     groups = param_groups(model, cfg.lr, cfg.weight_decay, 1.0)
     return fit(model, train_set, val_set, cfg, device, seed, groups, loss_fn=loss_fn, desc=desc,
-               num_workers=num_workers)
+               num_workers=num_workers, start_is_candidate=True)
 
 
 class _Indexed(torch.utils.data.Dataset):

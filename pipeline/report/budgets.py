@@ -5,6 +5,8 @@
     max_p90_ms          {"runtime/device": ms}: p90 at the headline batch of the fastest artifact
                         on that runtime and device whose accuracy is within the deploy tolerance
                         of the teacher (the model one would ship there)  <= limit
+    max_p90_vs_teacher  {"runtime/device": ratio}: that same row's p90 over the teacher's p90 (the
+                        headline's PyTorch eager FP32 row)  <= limit; 0.5 = at least 2x faster
     max_size_mb         size on disk of the deployed model (MB = 10^6 bytes)  <= limit
 
 A p90 budget for a runtime/device that cannot run here (TensorRT on a CPU machine) is skipped
@@ -35,7 +37,7 @@ class Verdict:
     def message(self) -> str:
         """One line: the budget, the measured value and the limit, and what was measured."""
         op = ">=" if self.kind == "min" else "<="
-        digits = 2 if self.unit in ("%", "points") else 3
+        digits = 2 if self.unit in ("%", "points", "x") else 3
         if self.measured is None:
             return f"{self.status.upper():<4} {self.name}: {self.note} (limit {op} {self.limit:.{digits}f} {self.unit})"
         line = (f"{self.status.upper():<4} {self.name}: measured {self.measured:.{digits}f} {self.unit}, "
@@ -72,6 +74,26 @@ def _fastest_shippable(report: dict, runtime: str, device: str) -> tuple[dict | 
     return min(within or shippable, key=lambda r: r["p90_ms"]), rows, note
 
 
+def _p90_budget(report: dict, name: str, key: str, limit: float, unit: str, value, note: str = "") -> Verdict:
+    """A latency budget on the fastest shippable row of one 'runtime/device'; `value(row)` is
+    what is judged (milliseconds, or a ratio to the teacher)."""
+    runtime, _, device = key.partition("/")
+    if not runtime or not device:
+        return Verdict(name, FAIL, limit, unit, "max",
+                       note=f"key '{key}' is not 'runtime/device' (e.g. 'openvino/cpu')")
+    row, rows, shippable_note = _fastest_shippable(report, runtime, device)
+    if row is not None:
+        return _judge(name, value(row), limit, unit, "max", row["id"],
+                      "; ".join(n for n in (shippable_note, note) if n))
+    if rows:
+        reasons = sorted({r["reason"] for r in rows if r.get("reason")})
+        return Verdict(name, SKIP, limit, unit, "max",
+                       note=f"not measured here: {'; '.join(reasons) or 'no measured row'}")
+    known = sorted({f"{r['runtime']}/{r['device']}" for r in report["rows"]})
+    return Verdict(name, FAIL, limit, unit, "max",
+                   note=f"no row for '{key}' in the report (rows exist for: {', '.join(known)})")
+
+
 def evaluate(report: dict, check: Check) -> list[Verdict]:
     """One verdict per configured budget, in the order of the config."""
     h = report.get("headline")
@@ -88,23 +110,15 @@ def evaluate(report: dict, check: Check) -> list[Verdict]:
                    if deployed else Verdict("max_accuracy_drop", FAIL, check.max_accuracy_drop, "points",
                                             "max", note=missing))
     for key, limit in check.max_p90_ms.items():
-        name = f"max_p90_ms[{key}]"
-        runtime, _, device = key.partition("/")
-        if not runtime or not device:
-            out.append(Verdict(name, FAIL, limit, "ms", "max",
-                               note=f"key '{key}' is not 'runtime/device' (e.g. 'openvino/cpu')"))
+        out.append(_p90_budget(report, f"max_p90_ms[{key}]", key, limit, "ms", lambda row: row["p90_ms"]))
+    teacher = _row(report, h["teacher"]) if h else None
+    for key, limit in check.max_p90_vs_teacher.items():
+        name = f"max_p90_vs_teacher[{key}]"
+        if teacher is None or teacher.get("status") != "ok":
+            out.append(Verdict(name, FAIL, limit, "x", "max", note=missing))
             continue
-        row, rows, note = _fastest_shippable(report, runtime, device)
-        if row is not None:
-            out.append(_judge(name, row["p90_ms"], limit, "ms", "max", row["id"], note))
-        elif rows:
-            reasons = sorted({r["reason"] for r in rows if r.get("reason")})
-            out.append(Verdict(name, SKIP, limit, "ms", "max",
-                               note=f"not measured here: {'; '.join(reasons) or 'no measured row'}"))
-        else:
-            known = sorted({f"{r['runtime']}/{r['device']}" for r in report["rows"]})
-            out.append(Verdict(name, FAIL, limit, "ms", "max",
-                               note=f"no row for '{key}' in the report (rows exist for: {', '.join(known)})"))
+        out.append(_p90_budget(report, name, key, limit, "x", lambda row: row["p90_ms"] / teacher["p90_ms"],
+                               f"teacher {teacher['id']} p90 {teacher['p90_ms']:.3f} ms"))
     if check.max_size_mb is not None:
         out.append(_judge("max_size_mb", deployed["size_bytes"] / 1e6, check.max_size_mb, "MB", "max",
                           deployed["id"])

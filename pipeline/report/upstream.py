@@ -33,11 +33,16 @@ def upstream_notes(inputs: dict[str, Manifest]) -> dict:
                              "params": m.get("params"), "macs": m.get("macs"),
                              "backbone": _num(ft.outputs.get("model").metadata if "model" in ft.outputs
                                               else {}, "spec", "name")}
+        st = m.get("strategy")
+        if isinstance(st, dict):
+            notes["finetune"]["strategy"] = {k: st.get(k) for k in
+                                             ("configured", "chosen", "kept", "reason", "candidates")}
         nt = m.get("negative_transfer")
         if isinstance(nt, dict):
             notes["finetune"]["negative_transfer"] = {k: nt.get(k) for k in
-                                                      ("pretrained_top1", "scratch_top1", "gain_points",
-                                                       "negative_transfer")}
+                                                      ("pretrained_top1", "pretrained_top1_same_budget",
+                                                       "scratch_top1", "gain_points", "negative_transfer",
+                                                       "budget")}
             if nt.get("warning"):
                 notes["warnings"].append(nt["warning"])
     ds = inputs.get("distill")
@@ -60,6 +65,9 @@ def upstream_notes(inputs: dict[str, Manifest]) -> dict:
                           "val_top1_before": _num(m, "before", "val_top1"),
                           "val_top1_after": _num(m, "after", "val_top1"),
                           "runtime": m.get("runtime"), "budget": m.get("budget")}
+        warning = _num(m, "accuracy_budget", "warning")
+        if warning:
+            notes["warnings"].append(warning)
     qz = inputs.get("quantize")
     if qz is not None:
         m = qz.metrics

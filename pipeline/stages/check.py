@@ -51,7 +51,7 @@ def _write_ci_copy(text: str, target: str) -> Path | None:
 def _print(verdicts: list[dict], ci: Path | None) -> None:
     if not verdicts:
         print("check: no budgets configured (set check.min_accuracy, check.max_accuracy_drop, "
-              "check.max_p90_ms or check.max_size_mb)", flush=True)
+              "check.max_p90_ms, check.max_p90_vs_teacher or check.max_size_mb)", flush=True)
     for v in verdicts:
         print(f"check: {v['message']}", flush=True)
     counts = {s: sum(v["status"] == s for v in verdicts) for s in ("pass", "fail", "skip")}

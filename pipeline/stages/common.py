@@ -16,7 +16,7 @@ def setup_torch(cfg: Config):
     import torch
     from pipeline.train.distributed import init
     from pipeline.train.loop import resolve_device
-    torch.set_num_threads(cfg.run.threads)
+    torch.set_num_threads(cfg.run.thread_count())
     device = resolve_device(cfg.run.device.value)
     init(device.type)
     return device

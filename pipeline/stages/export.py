@@ -15,7 +15,7 @@ OPENVINO_SCORING_PRECISION = "f32"
 
 
 def params(cfg: Config) -> dict:
-    return {**data_params(cfg), "export": cfg.export.model_dump(mode="json"), "threads": cfg.run.threads}
+    return {**data_params(cfg), "export": cfg.export.model_dump(mode="json"), "threads": cfg.run.thread_count()}
 
 
 def _runtime_for(fmt: Format) -> str:
@@ -56,7 +56,7 @@ class Exporter:
         """Score `model_file` in its own runtime, then bundle it with golden inputs and outputs."""
         from exporters.bundle import verify_bundle, write_bundle
         from pipeline.report.scoring import predict, top1
-        threads = self.ctx.cfg.run.threads
+        threads = self.ctx.cfg.run.thread_count()
         session = _session(fmt, model_file, threads)
         logits = predict(session, self.val, self.pre, chunk=1, fixed_batch=1)
         self.metrics["top1"][name] = top1(logits.argmax(1), self.val.targets)

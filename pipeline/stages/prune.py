@@ -46,7 +46,7 @@ def _recovery_loss(ctx: Context, pre, splits, device):
     cfg, p = ctx.cfg, ctx.cfg.prune
     upstream = ctx.input("finetune")
     teacher, teacher_pre = load_model(upstream)
-    teacher = teacher.to(device).eval()
+    teacher = teacher.to(device, memory_format=torch.channels_last).eval()   # NHWC: faster convolutions
     cached = None
     if not augmentation_on(p.recover.augment):
         logits = teacher_logits(TeacherLogitCache(ctx.store_root), teacher, upstream.outputs["model"].sha256,
@@ -179,9 +179,14 @@ def run(ctx: Context) -> Result:
                                               s.protected)
             pruner = IterativePruner(student, example, plan, s.protected, channel_ratio, n)
             _log(f"{ratio:.1%} of MACs to remove: {channel_ratio:.3f} of each layer's channels, in {n} steps")
+        kept = 0     # steps whose model holds prune.max_accuracy_drop; the last of them ships
         for i in range(1, n + 1):
             steps.append(_prune_step(i, n, ratio, student, pruner, s))
             models[f"step{i}"] = copy.deepcopy(student)
+            if not _within_budget(steps[-1], top1_0, p.max_accuracy_drop):
+                break        # later steps only remove more: stop here, keep the last good model
+            kept = i
+        student = copy.deepcopy(models[f"step{kept}" if kept else "unpruned"])
         latency = {}
         if is_main:
             sessions = {name: probe.load(export_candidate(m, pre, work, name), m)
@@ -193,12 +198,13 @@ def run(ctx: Context) -> Result:
     for step in steps:
         step["latency"] = latency.get(f"step{step['step']}")
 
-    before, after, summary = _compare(s, student, steps, latency, top1_0)
+    before, after, summary = _compare(s, student, steps[:kept], latency, top1_0)
+    accuracy_budget = _accuracy_budget(steps, kept, n, top1_0, p.max_accuracy_drop)
     metrics = {"mode": "latency_budget" if budget else "ratio", "target_macs_removed": ratio,
                "channel_ratio": round(channel_ratio, 4),
                "importance": p.importance.value, "global_pruning": p.global_pruning, "round_to": p.round_to,
                "protected_layers": s.protected, "before": before, "after": after, "summary": summary,
-               "steps": steps, "runtime": {"name": probe.runtime.value, "device": probe.device,
+               "accuracy_budget": accuracy_budget, "steps": steps, "runtime": {"name": probe.runtime.value, "device": probe.device,
                                            "threads": probe.threads, "batch": probe.batch},
                "methodology": probe.describe(p.measure_rounds), "device": str(device),
                "seconds": round(time.time() - started, 2)}
@@ -233,6 +239,32 @@ def _compare(s: _Setup, student, steps: list[dict], latency: dict, top1_0: float
     return before, after, summary
 
 
+def _within_budget(step: dict, top1_0: float, max_drop: float | None) -> bool:
+    """Whether a recovered step keeps prune.max_accuracy_drop; says so when it does not."""
+    step["accuracy_drop_points"] = round(top1_0 - step["val_top1"], 4)
+    if max_drop is None or step["accuracy_drop_points"] <= max_drop:
+        return True
+    _log(f"step {step['step']} lost {step['accuracy_drop_points']:.2f} points after recovery "
+         f"(val {step['val_top1']:.2f}% vs {top1_0:.2f}% unpruned; prune.max_accuracy_drop "
+         f"{max_drop:g}): no further pruning")
+    return False
+
+
+def _accuracy_budget(steps: list[dict], kept: int, n: int, top1_0: float, max_drop: float | None) -> dict:
+    """The accuracy budget's record: which step ships and why, with a warning when it backed off."""
+    out = {"max_accuracy_drop": max_drop, "steps_planned": n, "steps_kept": kept,
+           "backed_off": kept < n, "warning": None}
+    if kept < n:
+        shipped = (f"step {kept} ({steps[kept - 1]['macs_removed']:.1%} of MACs removed, val "
+                   f"{steps[kept - 1]['val_top1']:.2f}%)" if kept else f"the unpruned student ({top1_0:.2f}%)")
+        out["warning"] = (f"prune backed off: step {kept + 1} of {n} lost "
+                          f"{steps[kept]['accuracy_drop_points']:.2f} points (> prune.max_accuracy_drop "
+                          f"{max_drop:g}); shipping {shipped}. Lower prune.ratio, add prune.recover "
+                          "epochs, or raise prune.max_accuracy_drop")
+        _log(f"WARNING: {out['warning']}")
+    return out
+
+
 def _budget_verdict(budget, after: dict, budget_ms: float, is_main: bool) -> dict:
     """The search record plus whether the final run's measurement still meets the budget."""
     met = bool(after["latency"]) and after["latency"]["p50_ms"] <= budget_ms
@@ -243,5 +275,5 @@ def _budget_verdict(budget, after: dict, budget_ms: float, is_main: bool) -> dic
     return {**budget.to_dict(), "met_in_final_run": met}
 
 
-STAGE = Stage(name="prune", version=2, deps=("finetune", "distill"), params=params, run=run,
+STAGE = Stage(name="prune", version=3, deps=("finetune", "distill"), params=params, run=run,
               help="structural channel pruning of the student, accuracy recovered by distillation")

@@ -84,7 +84,7 @@ def run(ctx: Context) -> Result:
     quantize_fn = functools.partial(quantizer, method=q.calibration.method.value,
                                     per_channel=q.per_channel, scheme=_requested_scheme(cfg))
     scores: dict = {}
-    evaluate = functools.partial(onnx_top1, val=val, pre=pre, threads=cfg.run.threads, log=scores)
+    evaluate = functools.partial(onnx_top1, val=val, pre=pre, threads=cfg.run.thread_count(), log=scores)
     sensitivity = val.batch(pre, min(q.sensitivity_samples, val.count))
     int8, report = accuracy_aware_quantize(fp32, ctx.out_dir, source, evaluate, q.max_accuracy_drop,
                                            quantize_fn, sensitivity, max_excluded=q.max_float_layers)

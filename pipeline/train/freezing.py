@@ -30,11 +30,12 @@ class Freezer:
         return k
 
 
-def freeze_frozen_norms(model) -> None:
-    """After model.train(): normalisation layers whose weights are frozen keep their running stats."""
+def freeze_frozen_norms(model, all_norms: bool = False) -> None:
+    """After model.train(): normalisation layers whose weights are frozen (or every one, with
+    `all_norms`) keep their running stats."""
     import torch.nn as nn
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             params = list(m.parameters(recurse=False))
-            if params and not any(p.requires_grad for p in params):
+            if all_norms or (params and not any(p.requires_grad for p in params)):
                 m.eval()

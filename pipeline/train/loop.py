@@ -26,6 +26,7 @@ class FitResult:
     best_epoch: int
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    stopped_by_time: bool = False
 
 
 class _Indexed(torch.utils.data.Dataset):
@@ -64,21 +65,45 @@ def cross_entropy(label_smoothing: float = 0.0) -> LossFn:
     return loss
 
 
+def memory_format_of(model) -> torch.memory_format:
+    """channels_last when the model's first 4-d weight is stored NHWC, else contiguous."""
+    for p in model.parameters():
+        if p.ndim == 4:
+            nhwc = p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+            return torch.channels_last if nhwc else torch.contiguous_format
+    return torch.contiguous_format
+
+
+class channels_last_eval:
+    """Eval mode in NHWC for the duration of a `with` block; the model's own memory format and
+    mode come back after it. Inference in NHWC is about 2x faster on CPU (oneDNN) for these
+    networks, and batches of a few dozen images keep activations in cache."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        self.format, self.training = memory_format_of(self.model), self.model.training
+        self.model.eval().to(memory_format=torch.channels_last)
+        return self.model
+
+    def __exit__(self, *exc):
+        self.model.to(memory_format=self.format).train(self.training)
+
+
 @torch.no_grad()
-def predict(model, dataset, device: torch.device, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(model, dataset, device: torch.device, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, targets) over a whole dataset, in order, in eval mode."""
-    was_training = model.training
-    model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     logits, targets = [], []
-    for x, y in loader:
-        logits.append(model(x.to(device)).float().cpu())
-        targets.append(torch.as_tensor(y))
-    model.train(was_training)
+    with channels_last_eval(model):
+        for x, y in loader:
+            logits.append(model(x.to(device).contiguous(memory_format=torch.channels_last)).float().cpu())
+            targets.append(torch.as_tensor(y))
     return torch.cat(logits), torch.cat(targets)
 
 
-def evaluate(model, dataset, device: torch.device, batch_size: int = 256) -> dict:
+def evaluate(model, dataset, device: torch.device, batch_size: int = 32) -> dict:
     """Val top-1 (%) and mean cross-entropy."""
     logits, targets = predict(model, dataset, device, batch_size)
     return {"top1": 100.0 * (logits.argmax(1) == targets).float().mean().item(),
@@ -95,17 +120,28 @@ def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
 def fit(model, train_set, val_set, cfg: Train, device: torch.device, seed: int,
         param_groups: list[dict], loss_fn: Optional[LossFn] = None,
         on_epoch_start: Optional[Callable[[torch.nn.Module, int], None]] = None,
-        desc: str = "train", num_workers: int = 0) -> FitResult:
+        desc: str = "train", num_workers: int = 0, start_is_candidate: bool = False,
+        max_seconds: Optional[float] = None) -> FitResult:
     """Train with AdamW + warm-up/cosine schedule, early stopping on val top-1, best weights restored.
 
     `param_groups` carry an `lr_scale` (layer-wise decay). Under torchrun the model is wrapped in
     DDP and each rank takes its share of every global batch (see ShardedBatchSampler).
+    `start_is_candidate`: the weights before training are scored as epoch 0 and kept when no
+    epoch beats them (a fitted linear-probe head is never thrown away for a worse fine-tune).
+    `max_seconds`: stop when the training time runs out, mid-epoch, and score what was reached.
+    With `cfg.ema` the weight average is what is scored and kept.
     """
     from tqdm import tqdm
+    from pipeline.train.ema import WeightAverage
+    from pipeline.train.mixing import Mixer
     w: World = world()
     torch.manual_seed(seed)
     loss_fn = loss_fn or cross_entropy(cfg.label_smoothing)
     model.to(device)
+    if cfg.channels_last:   # convolutions on NHWC tensors: faster oneDNN/cuDNN kernels
+        model.to(memory_format=torch.channels_last)
+    mixer = Mixer.from_augment(cfg.augment, len(getattr(train_set, "classes", ())), seed)
+    average = WeightAverage(model, cfg.ema) if cfg.ema else None
     sampler = ShardedBatchSampler(len(train_set), cfg.batch_size, seed, w)
     loader = torch.utils.data.DataLoader(_Indexed(train_set), batch_sampler=sampler,
                                          num_workers=num_workers)
@@ -115,7 +151,13 @@ def fit(model, train_set, val_set, cfg: Train, device: torch.device, seed: int,
     total, warmup = cfg.epochs * len(sampler), cfg.warmup_epochs * len(sampler)
     best = FitResult(best_top1=-1.0, best_epoch=-1)
     best_state, since_best, step, start = None, 0, 0, time.time()
-    net, trainable = model, None
+    if start_is_candidate:
+        val = evaluate(model, val_set, device)
+        best.history.append({"epoch": 0, "val_top1": val["top1"], "val_loss": val["loss"], "seconds": 0.0})
+        best.best_top1, best.best_epoch, best_state = val["top1"], 0, copy.deepcopy(model.state_dict())
+        if w.is_main:
+            print(f"  {desc} start: val {val['top1']:.2f}%", file=sys.stderr, flush=True)
+    net, trainable, out_of_time = model, None, False
     for epoch in range(cfg.epochs):
         if on_epoch_start:
             on_epoch_start(model, epoch)
@@ -127,7 +169,7 @@ def fit(model, train_set, val_set, cfg: Train, device: torch.device, seed: int,
         if hasattr(train_set, "set_epoch"):
             train_set.set_epoch(epoch)
         model.train()
-        freeze_frozen_norms(model)
+        freeze_frozen_norms(model, all_norms=cfg.freeze_norm_stats)
         seen, correct, loss_sum = 0, 0, 0.0
         bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stderr,
                    disable=True if not w.is_main else None)  # None: off when not a TTY
@@ -135,34 +177,50 @@ def fit(model, train_set, val_set, cfg: Train, device: torch.device, seed: int,
             for g in optimizer.param_groups:
                 g["lr"] = _lr_at(step, total, warmup, cfg.lr) * g.get("lr_scale", 1.0)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            x, target = mixer(x, y, step) if mixer else (x, y)
             with _autocast(device, cfg.amp):
-                loss, logits = loss_fn(net, x, y, idx, step / max(1, total))
+                loss, logits = loss_fn(net, x, target, idx, step / max(1, total))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            if average:
+                average.update(model)
             step += 1
             seen += len(y)
             correct += (logits.argmax(1) == y).sum().item()
             loss_sum += loss.item() * len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+            if max_seconds is not None and time.time() - start > max_seconds:
+                out_of_time = True   # every rank checks its own clock; DDP ranks stop within a batch
+                break
         if w.distributed:  # each rank saw its share: report the epoch over the global batches
             seen, correct, loss_sum = all_reduce_sum(device, seen, correct, loss_sum)
-        val = evaluate(model, val_set, device)
+        scored = average.module if average else model
+        val = evaluate(scored, val_set, device)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen),
                "train_top1": 100.0 * correct / max(1, seen), "val_top1": val["top1"],
-               "val_loss": val["loss"], "lr": _lr_at(max(0, step - 1), total, warmup, cfg.lr)}
+               "val_loss": val["loss"], "lr": _lr_at(max(0, step - 1), total, warmup, cfg.lr),
+               "seconds": round(time.time() - start, 2)}
         best.history.append(row)
         if w.is_main:
             print(f"  {desc} epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} "
-                  f"train {row['train_top1']:.2f}% val {val['top1']:.2f}%", file=sys.stderr, flush=True)
+                  f"train {row['train_top1']:.2f}% val {val['top1']:.2f}%"
+                  + (" (weight average)" if average else "")
+                  + (" (time budget spent)" if out_of_time else ""), file=sys.stderr, flush=True)
         if val["top1"] > best.best_top1:
             best.best_top1, best.best_epoch, since_best = val["top1"], epoch + 1, 0
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(scored.state_dict())
         else:
             since_best += 1
             if since_best >= cfg.patience:
                 break
+        if out_of_time:
+            break
     model.load_state_dict(best_state)
+    model.to(memory_format=torch.contiguous_format)   # checkpoints and exporters expect NCHW weights
     best.seconds = time.time() - start
+    best.stopped_by_time = out_of_time
     return best
