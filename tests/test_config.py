@@ -43,7 +43,7 @@ def test_wrong_type_names_key_value_and_expected(tmp_path):
 
 
 def test_bad_enum_lists_choices(tmp_path):
-    with pytest.raises(ConfigError, match="expected one of 'linear_probe', 'full' or 'gradual_unfreeze'"):
+    with pytest.raises(ConfigError, match="expected one of 'linear_probe', 'lp_ft', 'full', 'gradual_unfreeze' or 'auto'"):
         load_config(write(tmp_path, "finetune:\n  strategy: half\n"))
 
 

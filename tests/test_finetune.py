@@ -51,6 +51,7 @@ def test_linear_probe_trains_head_only_and_learns(cli, tiny_args, tmp_path):
     subprocess.run(cli("run", "finetune", *tiny_args), check=True, capture_output=True)
     m = manifest(tmp_path / "runs")
     assert m["metrics"]["val_top1"] > 60.0          # frozen ImageNet features separate digits
+    assert m["metrics"]["strategy"]["kept"] == "linear_probe" and m["metrics"]["best_epoch"] == 0
     assert m["outputs"]["model"]["metadata"]["preprocessing"]["input_size"] == 32
     trained = weights(tmp_path / "runs")
     fresh = build_model(ModelSpec("efficientnet_lite0", 10), "pretrained").state_dict()
@@ -85,8 +86,12 @@ def test_killed_run_commits_nothing_and_resumes(cli, tiny_args, tmp_path):
 
 @pytest.mark.slow
 def test_ddp_two_processes_match_one(cli, tiny_args, tmp_path):
-    one = [a if not a.startswith("run.store=") else f"run.store={tmp_path / 'one'}" for a in tiny_args]
-    two = [a if not a.startswith("run.store=") else f"run.store={tmp_path / 'two'}" for a in tiny_args]
+    # LP-FT: the probe, then every layer trains. BatchNorm keeps its statistics, so a rank's half
+    # batch normalises exactly as the whole batch does in one process.
+    trained = [a if not a.startswith("finetune.strategy=") else "finetune.strategy=lp_ft"
+               for a in tiny_args] + ["--set", "finetune.train.freeze_norm_stats=true", "--set", "finetune.train.lr=0.0005"]
+    one = [a if not a.startswith("run.store=") else f"run.store={tmp_path / 'one'}" for a in trained]
+    two = [a if not a.startswith("run.store=") else f"run.store={tmp_path / 'two'}" for a in trained]
     subprocess.run(cli("run", "finetune", *one), check=True, capture_output=True)
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                           "--standalone", "-m", "pipeline", "run", "finetune", *two],
@@ -94,8 +99,11 @@ def test_ddp_two_processes_match_one(cli, tiny_args, tmp_path):
     assert ddp.returncode == 0, ddp.stdout + ddp.stderr
     a, b = manifest(tmp_path / "one"), manifest(tmp_path / "two")
     assert a["key"] == b["key"]
+    assert [r["epoch"] for r in a["metrics"]["history"]] == [r["epoch"] for r in b["metrics"]["history"]] == [0, 1, 2]
     for ra, rb in zip(a["metrics"]["history"], b["metrics"]["history"]):
-        assert rb["train_loss"] == pytest.approx(ra["train_loss"], abs=1e-4)
-        assert rb["val_top1"] == pytest.approx(ra["val_top1"], abs=0.23)   # at most one image of 450
+        if ra["epoch"] > 0:                                # epoch 0 is the probed model, before training
+            # every layer trains: summation order differs between one and two processes
+            assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=5e-3)
+        assert rb["val_top1"] == pytest.approx(ra["val_top1"], abs=1.0)    # a few images of 450
     wa, wb = weights(tmp_path / "one"), weights(tmp_path / "two")
-    assert torch.allclose(wa["classifier.weight"], wb["classifier.weight"], atol=1e-4)
+    assert torch.allclose(wa["classifier.weight"], wb["classifier.weight"], atol=1e-3)

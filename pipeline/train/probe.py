@@ -74,7 +74,8 @@ def _fit_logistic(z: torch.Tensor, y: torch.Tensor, classes: int, l2: float):
 
 
 def _top1(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> float:
-    return 100.0 * ((x @ w.T + b).argmax(1) == y).double().mean().item()
+    """Top-1 (%), computed as `loop.evaluate` computes it, so equal predictions give equal numbers."""
+    return 100.0 * ((x @ w.T + b).argmax(1) == y).float().mean().item()
 
 
 def fit_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
