@@ -15,13 +15,14 @@ from exporters.spec import Precision
 
 # fp32 is held to an absolute bound; fp16 to a bound relative to the logits' scale (half precision
 # keeps ~3 significant digits, so the error grows with magnitude); int8 moves logits by design, so
-# only the decision (top-1 class) is checked, and only where the reference decided clearly: two
-# runtimes round the same Q/DQ graph differently (a few percent of the logit range), which flips
-# near-ties without making either artifact wrong. A broken export still flips the clear decisions.
+# only the decision (top-1 class) is checked. At fp16 and int8 decisions are judged only where the
+# reference decided clearly: rounding (a few percent of the logit range for two runtimes' Q/DQ
+# arithmetic, a few hundredths of a logit at fp16) flips near-ties without making either artifact
+# wrong. A broken export still flips the clear decisions.
 FP32_MAX_ABS = 1e-3
 FP16_MAX_REL = 5e-2
 MIN_AGREEMENT = {Precision.FP32: 0.999, Precision.FP16: 0.99, Precision.INT8: 0.95}
-INT8_CLEAR_MARGIN = 0.1  # top-1 lead over the runner-up, as a fraction of the sample's logit range
+CLEAR_MARGIN = 0.1  # top-1 lead over the runner-up, as a fraction of the sample's logit range
 
 RunFn = Callable[[np.ndarray], np.ndarray]
 
@@ -37,7 +38,7 @@ class ParityResult:
     max_abs_tolerance: float | None  # None: not checked (int8)
     min_agreement: float
     passed: bool
-    n_judged: int  # samples whose top-1 was compared (int8: the clearly decided ones)
+    n_judged: int  # samples whose top-1 was compared (fp16, int8: the clearly decided ones)
 
     def describe(self) -> str:
         bound = "not checked" if self.max_abs_tolerance is None else f"<= {self.max_abs_tolerance:.3g}"
@@ -98,18 +99,19 @@ def compare_logits(ref: np.ndarray, out: np.ndarray, precision: Precision | str)
 
 
 def judged_samples(ref: np.ndarray, precision: Precision) -> np.ndarray:
-    """Mask of the samples whose top-1 decision must agree: all, or for int8 the clearly decided.
+    """Mask of the samples whose top-1 decision must agree: all at fp32, the clearly decided at
+    fp16 and int8.
 
     Falls back to all samples when the reference decided none clearly, so a check never passes
     on an empty set.
     """
     everything = np.ones(len(ref), dtype=bool)
-    if precision is not Precision.INT8 or ref.shape[1] < 2:
+    if precision is Precision.FP32 or ref.shape[1] < 2:
         return everything
     ordered = np.sort(ref, axis=1)
     lead = ordered[:, -1] - ordered[:, -2]
     spread = ordered[:, -1] - ordered[:, 0]
-    clear = lead >= INT8_CLEAR_MARGIN * spread
+    clear = lead >= CLEAR_MARGIN * spread
     return clear if clear.any() else everything
 
 

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Literal, Optional, Union
+from typing import Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -120,10 +120,17 @@ class Run(Strict):
     store: str = Field("runs", description="artifact store root")
     seed: int = 0
     device: Device = Device.auto
-    threads: Union[PositiveInt, Literal["auto"]] = Field(
-        "auto", description="CPU threads for training and evaluation; auto: the cores this "
-        "process may use (affinity mask and cgroup quota)")
+    threads: Union[int, str] = Field(
+        "auto", description="CPU threads for training and evaluation (a number >= 1); auto: the "
+        "cores this process may use (affinity mask and cgroup quota)")
     num_workers: int = Field(0, ge=0, description="data-loader worker processes")
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _threads(cls, v):
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError(f"run.threads must be a number of threads >= 1 or 'auto', got {v!r}")
 
     def thread_count(self) -> int:
         """`threads` as a number: `auto` resolves to this machine's usable cores."""

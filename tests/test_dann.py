@@ -177,7 +177,7 @@ def test_scratch_baseline_trains_and_warns(capsys):
                            history=[{"epoch": 1, "val_top1": 0.0, "seconds": 0.0}])
     out = scratch_baseline(cfg, torch.device("cpu"), pretrained)
     assert out["scratch_top1"] > 0.0 and out["negative_transfer"] is True
-    assert len(out["scratch_history"]) == 1 and out["scratch_budget_seconds"] == 200.0
+    assert len(out["scratch_history"]) == 1 and out["scratch_budget_seconds"] == 150.0
     assert "WARNING: NEGATIVE TRANSFER" in capsys.readouterr().err
 
 
@@ -187,7 +187,7 @@ def test_scratch_run_stops_at_its_time_budget():
     cfg.finetune.adaptation = Adaptation.none
     cfg.finetune.train.epochs = 50
     torch.set_num_threads(1)
-    pretrained = FitResult(best_top1=90.0, best_epoch=2, seconds=3.0, history=[
+    pretrained = FitResult(best_top1=90.0, best_epoch=2, seconds=4.0, history=[
         {"epoch": 1, "val_top1": 40.0, "seconds": 0.5}, {"epoch": 2, "val_top1": 90.0, "seconds": 3.0}])
     out = scratch_baseline(cfg, torch.device("cpu"), pretrained)
     assert out["scratch_stopped_by_budget"] is True and out["scratch_budget_seconds"] == 1.0

@@ -160,6 +160,17 @@ def test_int8_parity_ignores_flipped_near_ties():
     assert compare_logits(ref, out, "fp32").top1_agreement == 0.5
 
 
+def test_fp16_parity_ignores_a_flipped_near_tie_but_not_a_clear_flip():
+    ref = _near_tie_logits()
+    out = ref.copy()
+    out[60, 1] += 0.15                            # half-precision rounding flips one near-tie
+    result = compare_logits(ref, out, "fp16")
+    assert result.passed and result.n_judged == 50 and result.max_abs_diff == pytest.approx(0.15)
+    out[3, 2] = 5.2                               # a clear decision flips
+    broken = compare_logits(ref, out, "fp16")
+    assert not broken.passed and broken.top1_agreement == 0.98
+
+
 def test_int8_parity_fails_when_clear_decisions_flip():
     ref = _near_tie_logits()
     out = ref.copy()

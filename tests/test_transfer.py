@@ -129,5 +129,6 @@ def test_threads_auto_resolves_to_usable_cores():
     from runtimes.cpus import usable_cores
     assert Run().threads == "auto" and Run().thread_count() == usable_cores()
     assert Run(threads=3).thread_count() == 3
-    with pytest.raises(ValueError):
-        Run(threads=0)
+    for bad in (0, "many", True):
+        with pytest.raises(ValueError, match=f"run.threads must be a number of threads >= 1 or 'auto', got {bad!r}"):
+            Run(threads=bad)

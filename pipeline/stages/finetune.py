@@ -47,8 +47,7 @@ def train_teacher(cfg: Config, device, weights: str, desc: str, max_seconds: flo
                    on_epoch_start=freezer.apply, desc=desc, num_workers=cfg.run.num_workers,
                    start_is_candidate=start_is_candidate, max_seconds=max_seconds)
 
-    result = transfer(model, train_set, probe_sets, val_set, ft, device, cfg.run.seed, train_fn,
-                      min(splits.train.class_counts().values()))
+    result = transfer(model, probe_sets, ft, device, train_fn, min(splits.train.class_counts().values()))
     return model, spec, pre, result
 
 

@@ -110,6 +110,14 @@ def evaluate(model, dataset, device: torch.device, batch_size: int = 32) -> dict
             "loss": F.cross_entropy(logits, targets).item()}
 
 
+def _time_is_up(mine: bool, device: torch.device, w: World) -> bool:
+    """Whether any rank's clock ran out: every rank must leave the epoch at the same batch, or
+    the others would wait forever in DDP's next gradient all-reduce."""
+    if not w.distributed:
+        return mine
+    return all_reduce_sum(device, int(mine))[0] > 0
+
+
 def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -193,8 +201,8 @@ def fit(model, train_set, val_set, cfg: Train, device: torch.device, seed: int,
             correct += (logits.argmax(1) == y).sum().item()
             loss_sum += loss.item() * len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
-            if max_seconds is not None and time.time() - start > max_seconds:
-                out_of_time = True   # every rank checks its own clock; DDP ranks stop within a batch
+            if max_seconds is not None and _time_is_up(time.time() - start > max_seconds, device, w):
+                out_of_time = True
                 break
         if w.distributed:  # each rank saw its share: report the epoch over the global batches
             seen, correct, loss_sum = all_reduce_sum(device, seen, correct, loss_sum)

@@ -8,7 +8,7 @@ worse than the linear probe of the same backbone.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable
 
 from pipeline.config import Finetune, Strategy
 from pipeline.train.loop import FitResult
@@ -57,8 +57,8 @@ class TransferResult:
     record: dict = field(default_factory=dict)
 
 
-def transfer(model, train_set, probe_sets: tuple, val_set, ft: Finetune, device, seed: int,
-             train_fn: Callable[..., FitResult], min_per_class: int) -> TransferResult:
+def transfer(model, probe_sets: tuple, ft: Finetune, device, train_fn: Callable[..., FitResult],
+             min_per_class: int) -> TransferResult:
     """Run `ft.strategy` on `model`.
 
     `probe_sets` = (train, val) at eval-mode pixels for the probe; `train_fn(strategy,
