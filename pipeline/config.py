@@ -175,6 +175,9 @@ class Distill(Strict):
     drop_rate: float = Field(0.2, ge=0, lt=1)
     probe_init: bool = Field(False, description="start both students from a linear probe of "
                              "their frozen features (the LP of LP-FT) instead of a random head")
+    unlabelled_root: Optional[str] = Field(None, description="a folder of unlabelled images (any "
+                                           "depth): each training step adds a batch of them, "
+                                           "learnt from the teacher's soft targets only")
     compare_alone: bool = Field(True, description="also train the student alone, same budget")
     train: Train = Train()
 

@@ -65,3 +65,21 @@ def test_lp_ft_then_distillation_with_mixed_views(tmp_path):
     for run in ("distilled", "alone"):               # both students start from their own probe
         assert [r["epoch"] for r in d["history"][run]] == [0, 1]
     assert "linear probe on 1280 frozen features of 18 images" in done.stderr
+    assert d["unlabelled_images"] == 0
+
+
+@pytest.mark.slow
+def test_unlabelled_folder_adds_teacher_matched_batches(tmp_path):
+    """A folder of unlabelled photos (the fixture's val tree, labels unused): every distillation
+    step also runs the teacher on a batch of them; a broken folder is one clear line."""
+    store = tmp_path / "runs"
+    base = ("finetune.strategy=linear_probe", "finetune.negative_transfer_check=false",
+            "distill.compare_alone=false", "distill.probe_init=false")
+    done = _run(store, *base, f"distill.unlabelled_root={PHOTOS / 'val'}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    d = _metrics(store, "distill")
+    assert d["unlabelled_images"] == 9
+    assert d["teacher_batches_run"] == 4              # 2 labelled steps, each with an unlabelled batch
+    missing = _run(store, *base, f"distill.unlabelled_root={tmp_path / 'nowhere'}")
+    assert missing.returncode == 6 and "Traceback" not in missing.stderr
+    assert f"distill.unlabelled_root '{tmp_path / 'nowhere'}' is not a folder" in missing.stderr

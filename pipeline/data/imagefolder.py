@@ -160,6 +160,33 @@ def scan_tree(root: Path, skip_corrupt: bool) -> tuple[list[str], dict[str, list
     return classes, entries, [r for r, _ in bad]
 
 
+def load_unlabelled_folder(root: str, skip_corrupt: bool = False) -> ImageSet:
+    """Every image under `root` (any depth), checked like a training tree, as an ImageSet with no
+    classes and target -1: extra images a student learns from the teacher's soft targets only."""
+    folder = Path(root).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"distill.unlabelled_root '{folder}' is not a folder (set it to a folder of "
+                        f"images at any depth, or to null)")
+    rels, shas, bad = [], [], []
+    for f in _images_in(folder):
+        sha, error = _check_file(f)
+        rel = f.relative_to(folder).as_posix()
+        if error:
+            bad.append((rel, error))
+        else:
+            rels.append(rel)
+            shas.append(sha)
+    if bad and not skip_corrupt:
+        rel, error = bad[0]
+        raise DataError(f"image '{folder / rel}' cannot be read ({error}); replace or delete it, or set "
+                        f"data.skip_corrupt: true to leave unreadable images out")
+    if not rels:
+        raise DataError(f"distill.unlabelled_root '{folder}' holds no readable images ({_EXT_TEXT})")
+    targets = [-1] * len(rels)
+    return ImageSet(ids=rels, targets=targets, classes=[], load=FolderImages(str(folder), rels),
+                    fingerprint=split_fingerprint(rels, targets, shas))
+
+
 def load_imagefolder_splits(spec: DataSpec) -> Splits:
     """The tree at `spec.root` as train/val image sets; classes are the sorted train folders."""
     root = Path(spec.root).expanduser()

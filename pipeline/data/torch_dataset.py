@@ -105,6 +105,19 @@ class TorchImageSet(torch.utils.data.Dataset):
         return UnlabelledSet(self)
 
 
+def endless_batches(dataset, batch_size: int, seed: int):
+    """Batches of `dataset` forever: reshuffled (seeded) and, for augmented sets, redrawn each pass."""
+    from pipeline.data.imageset import derive_seed
+    passes = 0
+    while True:
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(passes)
+        order = torch.Generator().manual_seed(derive_seed("unlabelled", seed, passes) % 2**63)
+        yield from torch.utils.data.DataLoader(dataset, batch_size=min(batch_size, len(dataset)),
+                                               shuffle=True, generator=order, drop_last=True)
+        passes += 1
+
+
 class UnlabelledSet(torch.utils.data.Dataset):
     """Images of a labelled set with the labels withheld: a domain-adaptation target.
 

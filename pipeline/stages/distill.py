@@ -14,7 +14,12 @@ from pipeline.stages.common import (count_macs, count_params, data_params, load_
 
 
 def params(cfg: Config) -> dict:
-    return {**data_params(cfg), "distill": cfg.distill.model_dump(mode="json"), "seed": cfg.run.seed}
+    out = {**data_params(cfg), "distill": cfg.distill.model_dump(mode="json"), "seed": cfg.run.seed}
+    if cfg.distill.unlabelled_root:      # the extra images' content decides the student too
+        from pipeline.data.imagefolder import load_unlabelled_folder
+        out["unlabelled_fingerprint"] = load_unlabelled_folder(cfg.distill.unlabelled_root,
+                                                               cfg.data.skip_corrupt).fingerprint
+    return out
 
 
 def augmentation_on(aug: Augment) -> bool:
@@ -40,12 +45,16 @@ class Renormalize:
 
 
 class DistillLoss:
-    """kd_loss against cached teacher logits (by sample index), or the teacher on the same batch."""
+    """kd_loss against cached teacher logits (by sample index), or the teacher on the same batch.
+
+    With `unlabelled` (an endless iterator of image batches), every step also matches the teacher
+    on one batch of unlabelled images, through the soft term alone (weighted by alpha)."""
 
     def __init__(self, teacher, cached, renorm: Renormalize, temperature: float, alpha: float,
-                 label_smoothing: float):
+                 label_smoothing: float, unlabelled=None):
         self.teacher, self.cached, self.renorm = teacher, cached, renorm
         self.temperature, self.alpha, self.label_smoothing = temperature, alpha, label_smoothing
+        self.unlabelled = unlabelled
         self.teacher_batches = 0
 
     def __call__(self, model, x, y, idx, progress):
@@ -58,7 +67,21 @@ class DistillLoss:
             with torch.no_grad():
                 soft = self.teacher(self.renorm(x))
             self.teacher_batches += 1
-        return kd_loss(logits, soft, y, self.temperature, self.alpha, self.label_smoothing), logits
+        loss = kd_loss(logits, soft, y, self.temperature, self.alpha, self.label_smoothing)
+        if self.unlabelled is not None:
+            loss = loss + self.alpha * self._unlabelled_term(model, x)
+        return loss, logits
+
+    def _unlabelled_term(self, model, like):
+        import torch
+        from pipeline.train.distill_loss import soft_loss
+        x = next(self.unlabelled).to(like.device)
+        if not like.is_contiguous():     # the labelled batch came NHWC: match it
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            soft = self.teacher(self.renorm(x))
+        self.teacher_batches += 1
+        return soft_loss(model(x), soft, self.temperature)
 
 
 def _train_student(cfg: Config, spec, train_set, val_set, device, loss_fn, desc: str, probe_sets=None):
@@ -111,8 +134,16 @@ def run(ctx: Context) -> Result:
                                 TorchImageSet(splits.train, teacher_pre, None), splits.train.fingerprint,
                                 teacher_pre, device)
         cached = torch.from_numpy(logits)
+    unlabelled, extra_images = None, 0
+    if d.unlabelled_root:
+        from pipeline.data.imagefolder import load_unlabelled_folder
+        from pipeline.data.torch_dataset import endless_batches
+        extra = load_unlabelled_folder(d.unlabelled_root, cfg.data.skip_corrupt)
+        extra_images = len(extra)
+        unlabelled = endless_batches(TorchImageSet(extra, pre, d.train.augment if augmented else None,
+                                                   cfg.run.seed).unlabelled(), d.train.batch_size, cfg.run.seed)
     loss = DistillLoss(teacher, cached, Renormalize(pre, teacher_pre, device), d.temperature, d.alpha,
-                       d.train.label_smoothing)
+                       d.train.label_smoothing, unlabelled)
 
     probe_sets = (TorchImageSet(splits.train, pre, None, cfg.run.seed), val_set) if d.probe_init else None
     alone = None
@@ -133,6 +164,7 @@ def run(ctx: Context) -> Result:
                "train_seconds": {"distilled": round(result.seconds, 2),
                                  "alone": round(alone.seconds, 2) if alone else None},
                "augmentation": augmented, "teacher_batches_run": loss.teacher_batches,
+               "unlabelled_images": extra_images,
                "teacher_logit_cache": {"used": cached is not None, "hits": cache.hits,
                                        "misses": cache.misses},
                "device": str(device)}
