@@ -44,15 +44,17 @@ def _notes(up: dict) -> list[str]:
     ft = up.get("finetune") or {}
     st = ft.get("strategy")
     if st:
-        scored = ", ".join(f"{c['strategy']} {tables.num(c.get('val_top1'))}%" for c in st.get("candidates") or [])
+        scored = ", ".join(f"{c['strategy']} {tables.num(c.get('val_top1'))}%"
+                           for c in st.get("candidates") or [])
         why = f" because {st['reason']}" if st.get("reason") else ""
         out.append(f"- Transfer strategy: {st.get('configured')} ran {st.get('chosen')}{why}; scored on "
                    f"val: {scored or 'nothing'}; kept: {st.get('kept')}.")
     nt = ft.get("negative_transfer")
     if nt:
         budget = f", scratch given {nt['budget']}" if nt.get("budget") else ""
-        out.append(f"- Negative-transfer check: pretrained {tables.num(nt.get('pretrained_top1_same_budget', nt.get('pretrained_top1')))}% "
-                   f"vs from scratch {tables.num(nt.get('scratch_top1'))}% at equal training time{budget} "
+        pretrained = nt.get("pretrained_top1_same_budget", nt.get("pretrained_top1"))
+        out.append(f"- Negative-transfer check: pretrained {tables.num(pretrained)}% vs from scratch "
+                   f"{tables.num(nt.get('scratch_top1'))}% at equal training time{budget} "
                    f"({'NEGATIVE TRANSFER' if nt.get('negative_transfer') else 'pretraining helps'}).")
     ds = up.get("distill") or {}
     if ds.get("student_alone_top1") is not None:

@@ -140,8 +140,8 @@ def run(ctx: Context) -> Result:
         from pipeline.data.torch_dataset import endless_batches
         extra = load_unlabelled_folder(d.unlabelled_root, cfg.data.skip_corrupt)
         extra_images = len(extra)
-        unlabelled = endless_batches(TorchImageSet(extra, pre, d.train.augment if augmented else None,
-                                                   cfg.run.seed).unlabelled(), d.train.batch_size, cfg.run.seed)
+        views = TorchImageSet(extra, pre, d.train.augment if augmented else None, cfg.run.seed)
+        unlabelled = endless_batches(views.unlabelled(), d.train.batch_size, cfg.run.seed)
     loss = DistillLoss(teacher, cached, Renormalize(pre, teacher_pre, device), d.temperature, d.alpha,
                        d.train.label_smoothing, unlabelled)
 

@@ -15,7 +15,8 @@ OPENVINO_SCORING_PRECISION = "f32"
 
 
 def params(cfg: Config) -> dict:
-    return {**data_params(cfg), "export": cfg.export.model_dump(mode="json"), "threads": cfg.run.thread_count()}
+    return {**data_params(cfg), "export": cfg.export.model_dump(mode="json"),
+            "threads": cfg.run.thread_count()}
 
 
 def _runtime_for(fmt: Format) -> str:

@@ -204,8 +204,9 @@ def run(ctx: Context) -> Result:
                "channel_ratio": round(channel_ratio, 4),
                "importance": p.importance.value, "global_pruning": p.global_pruning, "round_to": p.round_to,
                "protected_layers": s.protected, "before": before, "after": after, "summary": summary,
-               "accuracy_budget": accuracy_budget, "steps": steps, "runtime": {"name": probe.runtime.value, "device": probe.device,
-                                           "threads": probe.threads, "batch": probe.batch},
+               "accuracy_budget": accuracy_budget, "steps": steps,
+               "runtime": {"name": probe.runtime.value, "device": probe.device,
+                           "threads": probe.threads, "batch": probe.batch},
                "methodology": probe.describe(p.measure_rounds), "device": str(device),
                "seconds": round(time.time() - started, 2)}
     if budget:
