@@ -132,3 +132,27 @@ def test_threads_auto_resolves_to_usable_cores():
     for bad in (0, "many", True):
         with pytest.raises(ValueError, match=f"run.threads must be a number of threads >= 1 or 'auto', got {bad!r}"):
             Run(threads=bad)
+
+
+def test_fit_with_weight_average_keeps_the_scored_average(capsys):
+    from pipeline.config import DataSpec
+    from pipeline.data import load_splits
+    from pipeline.data.torch_dataset import TorchImageSet
+    from pipeline.models.layers import param_groups
+    from pipeline.models.registry import ModelSpec, build_model, model_preprocessing
+    from pipeline.train.loop import evaluate, fit
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    spec = ModelSpec("test_efficientnet", 10)
+    model = build_model(spec, "none")
+    splits = load_splits(DataSpec(kind="digits"), 0)
+    pre = model_preprocessing(spec, splits.classes, 16, 1.0)
+    train = TorchImageSet(splits.train.subset(range(256)), pre, Augment(random_resized_crop=None, mixup=0.2))
+    val = TorchImageSet(splits.val.subset(range(128)), pre)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = fit(model, train, val, Train(epochs=2, batch_size=64, lr=0.01, warmup_epochs=0, ema=0.9),
+                 torch.device("cpu"), 0, param_groups(model, 0.01, 0.0, 1.0))
+    assert "(weight average)" in capsys.readouterr().err
+    assert evaluate(model, val, torch.device("cpu"))["top1"] == pytest.approx(result.best_top1)
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(v.is_contiguous() for v in model.state_dict().values())   # NCHW again after training
