@@ -84,22 +84,22 @@ class DistillLoss:
         return soft_loss(model(x), soft, self.temperature)
 
 
-def _train_student(cfg: Config, spec, train_set, val_set, device, loss_fn, desc: str, probe_sets=None):
-    """Build the pretrained student and train it; with `probe_sets` (train, val at eval pixels)
-    it starts from a linear probe of its frozen features (LP-FT), which it must beat on val."""
+def _train_student(cfg: Config, spec, train_set, val_set, device, loss_fn, desc: str, probe=None):
+    """Build the pretrained student and train it; with `probe` (a ProbeResult of its frozen
+    features) it starts from that fitted head (LP-FT), which it must beat on val."""
     import torch
     from pipeline.models.layers import param_groups
     from pipeline.models.registry import build_model
     from pipeline.train.loop import fit
-    from pipeline.train.probe import linear_probe
+    from pipeline.train.probe import load_head
     d = cfg.distill
     torch.manual_seed(cfg.run.seed)      # both students start from the same head initialisation
     model = build_model(spec, d.weights)
-    if probe_sets is not None:
-        linear_probe(model, probe_sets[0], probe_sets[1], device, cfg.finetune.probe_l2, desc)
+    if probe is not None:
+        load_head(model, probe)
     groups = param_groups(model, d.train.lr, d.train.weight_decay, 1.0)
     result = fit(model, train_set, val_set, d.train, device, cfg.run.seed, groups, loss_fn=loss_fn,
-                 desc=desc, num_workers=cfg.run.num_workers, start_is_candidate=probe_sets is not None)
+                 desc=desc, num_workers=cfg.run.num_workers, start_is_candidate=probe is not None)
     return model, result
 
 
@@ -145,13 +145,19 @@ def run(ctx: Context) -> Result:
     loss = DistillLoss(teacher, cached, Renormalize(pre, teacher_pre, device), d.temperature, d.alpha,
                        d.train.label_smoothing, unlabelled)
 
-    probe_sets = (TorchImageSet(splits.train, pre, None, cfg.run.seed), val_set) if d.probe_init else None
+    probe = None
+    if d.probe_init:     # one probe of the pretrained student's features serves both students
+        from pipeline.models.registry import build_model
+        from pipeline.train.probe import linear_probe
+        probe_train = TorchImageSet(splits.train, pre, None, cfg.run.seed)
+        probe = linear_probe(build_model(spec, d.weights), probe_train, val_set, device,
+                             cfg.finetune.probe_l2, "student")
     alone = None
     if d.compare_alone:
         alone_model, alone = _train_student(cfg, spec, train_set, val_set, device, None,
-                                            "student alone", probe_sets)
+                                            "student alone", probe)
         del alone_model
-    student, result = _train_student(cfg, spec, train_set, val_set, device, loss, "distill", probe_sets)
+    student, result = _train_student(cfg, spec, train_set, val_set, device, loss, "distill", probe)
     metrics = {"val_top1": result.best_top1, "best_epoch": result.best_epoch,
                "teacher_top1": teacher_top1,
                "student_alone_top1": alone.best_top1 if alone else None,

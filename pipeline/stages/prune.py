@@ -91,7 +91,6 @@ def _prune_step(i: int, n: int, ratio: float, student, pruner, s: _Setup) -> dic
     pruning can keep different widths than the one-shot search predicted)."""
     from pipeline.prune.recover import accumulate_gradients, recalibrate_batchnorm, recover
     from pipeline.prune.structured import macs_and_params, prune_to_macs
-    from pipeline.train.loop import evaluate
     p = s.cfg.prune
     t0 = time.time()
     # Taylor scores need gradients of the current weights: step 1 reuses those run() took for the
@@ -108,14 +107,13 @@ def _prune_step(i: int, n: int, ratio: float, student, pruner, s: _Setup) -> dic
     student.zero_grad(set_to_none=True)
     macs, n_params = macs_and_params(student, s.example)
     recalibrate_batchnorm(student, s.calib, p.recover.batch_size, s.device)
-    top1_pruned = evaluate(student, s.val, s.device)["top1"]
-    _log(f"step {i}/{n}: {1 - macs / s.macs0:.1%} of MACs removed, val {top1_pruned:.2f}% before recovery")
+    _log(f"step {i}/{n}: {1 - macs / s.macs0:.1%} of MACs removed")
     fit = recover(student, s.train, s.val, p.recover, s.device, s.cfg.run.seed, s.loss,
                   f"prune recover {i}/{n}", s.cfg.run.num_workers)
     student.cpu()
     return {"step": i, "macs": macs, "params": n_params, "macs_removed": round(1 - macs / s.macs0, 4),
             "params_removed": round(1 - n_params / s.params0, 4), "topped_up_to_target": topped_up,
-            "val_top1_before_recovery": top1_pruned, "val_top1": fit.best_top1,
+            "val_top1_before_recovery": fit.history[0]["val_top1"], "val_top1": fit.best_top1,
             "recovery": {"best_epoch": fit.best_epoch, "history": fit.history,
                          "seconds": round(fit.seconds, 2)},
             "seconds": round(time.time() - t0, 2)}

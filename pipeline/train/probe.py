@@ -103,6 +103,14 @@ def fit_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor,
                        train_top1=_top1(x, y, w, b), scores=scores, seconds=time.time() - start)
 
 
+def load_head(model, probe: ProbeResult) -> None:
+    """Put a fitted probe's weights into the model's classifier head."""
+    head = classifier_head(model)
+    with torch.no_grad():
+        head.weight.copy_(probe.weight.to(head.weight.device))
+        head.bias.copy_(probe.bias.to(head.bias.device))
+
+
 def linear_probe(model, train_set, val_set, device, l2_grid: list[float], desc: str = "probe") -> ProbeResult:
     """Fit the model's head on its frozen features (eval-mode pixels of both splits) and load
     the fitted head into the model."""
@@ -111,10 +119,7 @@ def linear_probe(model, train_set, val_set, device, l2_grid: list[float], desc: 
     train, val = features(model, train_set, device), features(model, val_set, device)
     extract = time.time() - start
     result = fit_probe(train, val, len(train_set.classes), l2_grid)
-    head = classifier_head(model)
-    with torch.no_grad():
-        head.weight.copy_(result.weight.to(head.weight.device))
-        head.bias.copy_(result.bias.to(head.bias.device))
+    load_head(model, result)
     result.seconds = time.time() - start
     print(f"  {desc}: linear probe on {train[0].shape[1]} frozen features of {len(train_set)} images: "
           f"val {result.val_top1:.2f}% (l2 {result.l2:g}; features {extract:.1f}s, fit "
