@@ -17,8 +17,10 @@ from typing import Callable
 import numpy as np
 
 from calibration.preprocess import Preprocessing
-from exporters.parity import ParityResult, compare_logits, run_in_chunks
+from exporters.parity import ParityResult, compare_logits
 from exporters.spec import Precision, sha256_file
+from runtimes import formats
+from runtimes.execution import run_in_chunks
 
 BUNDLE_VERSION = 1
 MODEL_JSON, GOLDEN = "model.json", "golden.npz"
@@ -34,7 +36,8 @@ def write_bundle(artifact_path: Path, out_dir: Path, preprocessing: Preprocessin
     """Write the bundle folder `out_dir` atomically (staged beside it, then renamed into place)."""
     artifact_path, out_dir = Path(artifact_path), Path(out_dir)
     precision = Precision.parse(precision)
-    files = _artifact_files(artifact_path)
+    handler = formats.for_file(artifact_path)
+    files = _artifact_files(artifact_path, handler)
     golden_inputs = np.ascontiguousarray(golden_inputs, dtype=np.float32)
     golden_outputs = np.ascontiguousarray(golden_outputs, dtype=np.float32)
     if len(golden_inputs) != len(golden_outputs) or len(golden_inputs) == 0:
@@ -47,7 +50,7 @@ def write_bundle(artifact_path: Path, out_dir: Path, preprocessing: Preprocessin
         for f in files:
             shutil.copyfile(f, staging / f.name)
         np.savez(staging / GOLDEN, inputs=golden_inputs, outputs=golden_outputs)
-        inputs, outputs = _io_signature(artifact_path, golden_inputs, golden_outputs)
+        inputs, outputs = handler.io_signature(artifact_path, golden_inputs, golden_outputs)
         manifest = {
             "bundle_version": BUNDLE_VERSION,
             "artifact": artifact_path.name,
@@ -95,47 +98,16 @@ def verify_bundle(bundle_dir: Path, run_fn: Callable[[np.ndarray], np.ndarray]) 
     return compare_logits(expected, run_in_chunks(run_fn, inputs, fixed), manifest["precision"])
 
 
-def _artifact_files(artifact: Path) -> list[Path]:
+def _artifact_files(artifact: Path, handler) -> list[Path]:
     """The artifact and the files it cannot run without (OpenVINO's .bin, ONNX external weights)."""
     if not artifact.is_file():
         raise BundleError(f"bundle artifact {artifact} does not exist or is not a file")
-    files = [artifact]
-    if artifact.suffix == ".xml":
-        weights = artifact.with_suffix(".bin")
-        if not weights.is_file():
-            raise BundleError(f"OpenVINO IR {artifact} has no {weights.name} beside it; re-export the IR")
-        files.append(weights)
-    external = artifact.with_name(artifact.name + ".data")
-    if artifact.suffix == ".onnx" and external.is_file():
-        files.append(external)
+    files = handler.model_files(artifact)
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise BundleError(f"{handler.name} model {artifact} has no {', '.join(missing)} beside it; "
+                          f"re-export it")
     return files
-
-
-def _io_signature(artifact: Path, golden_in: np.ndarray, golden_out: np.ndarray) -> tuple[list, list]:
-    """Input/output names and shapes as the artifact declares them (None for a dynamic dimension)."""
-    if artifact.suffix == ".onnx":
-        import onnx
-
-        graph = onnx.load(str(artifact), load_external_data=False).graph
-        initializers = {t.name for t in graph.initializer}
-
-        def describe(values):
-            return [{"name": v.name, "shape": [d.dim_value if d.HasField("dim_value") else None
-                                               for d in v.type.tensor_type.shape.dim]}
-                    for v in values if v.name not in initializers]
-        return describe(graph.input), describe(graph.output)
-    if artifact.suffix == ".xml":
-        import openvino as ov
-
-        model = ov.Core().read_model(str(artifact))
-
-        def describe(ports):
-            return [{"name": p.get_any_name(), "shape": [d.get_length() if d.is_static else None
-                                                         for d in p.get_partial_shape()]} for p in ports]
-        return describe(model.inputs), describe(model.outputs)
-    # A TensorRT engine cannot be read without TensorRT: record the exporter's names and the golden shapes.
-    return ([{"name": "input", "shape": [None, *golden_in.shape[1:]]}],
-            [{"name": "logits", "shape": [None, *golden_out.shape[1:]]}])
 
 
 def _swap_into_place(staging: Path, out_dir: Path) -> None:

@@ -5,15 +5,17 @@ The ONNX file carries the preprocessing metadata in `metadata_props` so every la
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from calibration.preprocess import Preprocessing
-from exporters.parity import ParityResult, RunFn, check_export, run_in_chunks
-from exporters.spec import PREPROCESSING_KEY, ExportError, ExportSpec, Precision, publish, staging_dir
+from exporters.parity import ParityResult, RunFn, check_export
+from exporters.spec import ExportError, ExportSpec, Precision, publish, staging_dir
+from runtimes import formats
+from runtimes.execution import open_model
+from runtimes.formats.onnx_format import write_preprocessing
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 # protobuf cannot serialise a message over 2 GiB; larger models keep weights in `<name>.onnx.data`.
@@ -46,6 +48,7 @@ def export_torch_to_onnx(model, out_dir: Path, spec: ExportSpec) -> Path:
     example = torch.from_numpy(
         rng.standard_normal(spec.preprocessing.input_shape(example_batch)).astype(np.float32)
     ).to(device)
+    _check_single_output(model, example)
     dynamic_shapes = None
     if spec.dynamic_batch:
         dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=max(2, spec.max_batch_size))},)
@@ -56,7 +59,7 @@ def export_torch_to_onnx(model, out_dir: Path, spec: ExportSpec) -> Path:
         dynamic_shapes=dynamic_shapes, verbose=False,
     )
     proto = program.model_proto
-    _set_metadata(proto, spec.tagged_preprocessing())
+    write_preprocessing(proto, spec.tagged_preprocessing().to_dict())
 
     with staging_dir(out_dir) as tmp:
         staged = tmp / final.name
@@ -70,39 +73,19 @@ def export_torch_to_onnx(model, out_dir: Path, spec: ExportSpec) -> Path:
                             location=f"{final.name}.data")
             onnx.shape_inference.infer_shapes_path(str(staged), str(staged))
         onnx.checker.check_model(str(staged), full_check=True)
-        result = check_export(
-            _torch_runner(model, device), onnx_runner(staged), batches,
-            spec.precision, artifact=str(final),
-        )
+        reference = open_model(model, "torch", device=_runtime_device(device))
+        result = check_export(reference.run, open_model(staged, "onnx").run, batches,
+                              spec.precision, artifact=str(final))
         log.info("onnx export %s: %s", final, result.describe())
         if not embedded:
             publish(tmp / f"{final.name}.data", out_dir / f"{final.name}.data")
         return publish(staged, final)
 
 
-def onnx_runner(path: Path, providers: list[str] | None = None) -> RunFn:
-    """An ONNX Runtime session as `batch -> logits`, slicing batches for fixed-batch models."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
-    inp = session.get_inputs()[0]
-    fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        return run_in_chunks(lambda b: session.run(None, {inp.name: b})[0], batch, fixed)
-
-    return run
-
-
 def read_preprocessing(path: Path) -> Preprocessing | None:
     """The preprocessing stored in an ONNX file's metadata_props, or None if it has none."""
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    for prop in proto.metadata_props:
-        if prop.key == PREPROCESSING_KEY:
-            return Preprocessing.from_dict(json.loads(prop.value))
-    return None
+    stored = formats.get("onnx").read_preprocessing(path)
+    return None if stored is None else Preprocessing.from_dict(stored)
 
 
 def check_preprocessing_matches(onnx_path: Path, spec: ExportSpec) -> None:
@@ -123,16 +106,8 @@ def check_preprocessing_matches(onnx_path: Path, spec: ExportSpec) -> None:
 
 def parity_against_onnx(onnx_path: Path, out_fn: RunFn, spec: ExportSpec, artifact: Path) -> ParityResult:
     """Check a converted artifact against its source ONNX run in ONNX Runtime (CPU)."""
-    return check_export(onnx_runner(onnx_path), out_fn, spec.parity_batches(), spec.precision,
+    return check_export(open_model(onnx_path, "onnx").run, out_fn, spec.parity_batches(), spec.precision,
                         artifact=str(artifact))
-
-
-def _set_metadata(proto, pre: Preprocessing) -> None:
-    for prop in list(proto.metadata_props):
-        if prop.key == PREPROCESSING_KEY:
-            proto.metadata_props.remove(prop)
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = PREPROCESSING_KEY, json.dumps(pre.to_dict(), sort_keys=True)
 
 
 def _assert_embedded(path: Path) -> None:
@@ -147,15 +122,17 @@ def _assert_embedded(path: Path) -> None:
                           "expected every weight embedded in the .onnx file")
 
 
-def _torch_runner(model, device) -> RunFn:
+def _check_single_output(model, example) -> None:
+    """Exporters and runtimes read one logits tensor; refuse a model that returns anything else."""
     import torch
 
-    def run(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            out = model(torch.from_numpy(batch).to(device))
-        if not isinstance(out, torch.Tensor):
-            raise ExportError(f"{type(model).__name__} returned {type(out).__name__}; "
-                              "exporters expect a single logits tensor")
-        return out.float().cpu().numpy()
+    with torch.inference_mode():
+        out = model(example)
+    if not isinstance(out, torch.Tensor):
+        raise ExportError(f"{type(model).__name__} returned {type(out).__name__}; "
+                          "exporters expect a single logits tensor")
 
-    return run
+
+def _runtime_device(device) -> str:
+    """The torch runtime's name for the device the model's weights are on."""
+    return "cpu" if device.type == "cpu" else f"cuda:{device.index or 0}"

@@ -10,14 +10,12 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from calibration.preprocess import Preprocessing
 from exporters.onnx_export import check_preprocessing_matches, parity_against_onnx
-from exporters.parity import RunFn, run_in_chunks
 from exporters.spec import ExportError, ExportSpec, Precision, publish, staging_dir
-
-RT_INFO_PATH = ["edgeship", "preprocessing"]
+from runtimes import formats
+from runtimes.execution import open_model
+from runtimes.formats.openvino_format import RT_INFO_PATH
 _LOW_PRECISION_OPS = {"FakeQuantize"}
 
 log = logging.getLogger(__name__)
@@ -46,7 +44,10 @@ def export_onnx_to_openvino(src: Path, out_dir: Path, spec: ExportSpec) -> Path:
                                        "source": src.name}, indent=2, sort_keys=True))
         if spec.precision is Precision.INT8:
             _assert_low_precision(xml)
-        result = parity_against_onnx(src, openvino_runner(xml), spec, final_xml)
+        # Pinned to the artifact's precision (f32 for fp32 and int8 on CPU): the check measures
+        # the artifact, not the device's precision policy.
+        ir = open_model(xml, "openvino", precision=spec.precision.value)
+        result = parity_against_onnx(src, ir.run, spec, final_xml)
         log.info("openvino export %s: %s", final_xml, result.describe())
         # The .xml goes last: its presence means the .bin and sidecar beside it are complete.
         publish(xml.with_suffix(".bin"), final_xml.with_suffix(".bin"))
@@ -54,36 +55,10 @@ def export_onnx_to_openvino(src: Path, out_dir: Path, spec: ExportSpec) -> Path:
         return publish(xml, final_xml)
 
 
-def openvino_runner(xml: Path, device: str = "CPU") -> RunFn:
-    """A compiled IR as `batch -> logits`, computing in f32.
-
-    OpenVINO's CPU plugin defaults to bf16 arithmetic on CPUs that support it; a parity check
-    must measure the artifact, not the device's precision policy, so the hint is pinned to f32.
-    """
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(str(xml), device, {"INFERENCE_PRECISION_HINT": "f32"})
-    request = compiled.create_infer_request()
-    dim0 = compiled.input(0).get_partial_shape()[0]
-    fixed = dim0.get_length() if dim0.is_static else None
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        def once(b: np.ndarray) -> np.ndarray:
-            request.infer({0: b})
-            return request.get_output_tensor(0).data.copy()
-        return run_in_chunks(once, batch, fixed)
-
-    return run
-
-
 def read_ir_preprocessing(xml: Path) -> Preprocessing | None:
     """The preprocessing stored in an IR's rt_info, or None if it has none."""
-    import openvino as ov
-
-    model = ov.Core().read_model(str(xml))
-    if not model.has_rt_info(RT_INFO_PATH):
-        return None
-    return Preprocessing.from_dict(json.loads(model.get_rt_info(RT_INFO_PATH).astype(str)))
+    stored = formats.get("openvino").read_preprocessing(xml)
+    return None if stored is None else Preprocessing.from_dict(stored)
 
 
 def ir_op_types(xml: Path) -> set[str]:

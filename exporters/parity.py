@@ -115,23 +115,6 @@ def judged_samples(ref: np.ndarray, precision: Precision) -> np.ndarray:
     return clear if clear.any() else everything
 
 
-def run_in_chunks(fn: RunFn, batch: np.ndarray, fixed_batch: int | None) -> np.ndarray:
-    """Run `fn` over `batch`, in slices of `fixed_batch` when the model's batch size is fixed.
-
-    A short last slice is padded by repeating its last sample and the padding's outputs dropped.
-    """
-    if not fixed_batch or fixed_batch == len(batch):
-        return np.asarray(fn(batch))
-    outs = []
-    for start in range(0, len(batch), fixed_batch):
-        part = batch[start:start + fixed_batch]
-        n = len(part)
-        if n < fixed_batch:
-            part = np.concatenate([part, np.repeat(part[-1:], fixed_batch - n, axis=0)])
-        outs.append(np.asarray(fn(part))[:n])
-    return np.concatenate(outs)
-
-
 def check_export(
     ref_fn: RunFn,
     out_fn: RunFn,

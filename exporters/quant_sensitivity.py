@@ -19,6 +19,7 @@ import numpy as np
 
 from calibration.source import CalibrationSource
 from exporters.onnx_int8 import QUANTIZABLE_LAYER_TYPES, prepare_for_quantization
+from runtimes.execution import open_model
 
 QuantizeFn = Callable[..., tuple[Path, dict]]
 """(fp32_path, out_path, source, *, nodes_to_exclude, calibration_cache) -> (path, info), e.g.
@@ -39,14 +40,8 @@ def quantizable_layers(model) -> list[str]:
 
 
 def run_onnx(path: Path, inputs: np.ndarray) -> np.ndarray:
-    """First output of an ONNX model on `inputs` in ONNX Runtime, in chunks its batch axis allows."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    inp = session.get_inputs()[0]
-    batch = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else len(inputs)
-    outs = [session.run(None, {inp.name: inputs[s : s + batch]})[0] for s in range(0, len(inputs), batch)]
-    return np.concatenate(outs)
+    """Logits of an ONNX model on `inputs` in ONNX Runtime, through the one execution path."""
+    return open_model(path, "onnx").run(inputs)
 
 
 def output_error(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
@@ -87,8 +82,9 @@ def proxy_scores(prepared: Path, layers: list[str], inputs: np.ndarray) -> dict[
     """Cheap per-layer error estimate from one FP32 pass over `inputs`: relative uint8 rounding
     noise of each layer's input activation (per-tensor min/max) plus that of its weights."""
     import onnx
-    import onnxruntime as ort
     from onnx import numpy_helper
+
+    import runtimes
 
     model = onnx.load(str(prepared))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
@@ -99,7 +95,7 @@ def proxy_scores(prepared: Path, layers: list[str], inputs: np.ndarray) -> dict[
     model.graph.output.extend(
         onnx.helper.make_tensor_value_info(a, onnx.TensorProto.FLOAT, None) for a in act_names if a not in existing
     )
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = runtimes.get("onnxruntime").load(model, "cpu")
     # Streaming statistics, so large models need not hold every activation of every sample.
     stats: dict[str, dict] = {}
 
@@ -116,7 +112,7 @@ def proxy_scores(prepared: Path, layers: list[str], inputs: np.ndarray) -> dict[
     for x in inputs:  # one sample at a time suits static and dynamic batch axes alike
         sample = x[None]
         observe(graph_input, sample)
-        for name, value in zip(act_names, session.run(act_names, {graph_input: sample})):
+        for name, value in zip(act_names, session.run_named(sample, act_names)):
             observe(name, value)
 
     scores = {}

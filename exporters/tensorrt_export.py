@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from exporters.onnx_export import check_preprocessing_matches, parity_against_onnx
-from exporters.parity import RunFn, run_in_chunks
+from runtimes.execution import open_model
 from exporters.spec import ExportError, ExportSpec, ExportUnavailable, Precision, publish, sha256_file, staging_dir
 
 # Bump when the way engines are built changes, so cached engines built the old way are not reused.
@@ -146,7 +146,7 @@ def export_onnx_to_tensorrt(src: Path, out_dir: Path, spec: ExportSpec) -> Path:
         staged = tmp / final.name
         builder = _build_with_trtexec if use_trtexec else _build_with_api
         hit = materialize_engine(staged, spec.engine_cache, key, lambda p: builder(src, p, spec), info)
-        result = parity_against_onnx(src, tensorrt_runner(staged), spec, final)
+        result = parity_against_onnx(src, open_model(staged, "tensorrt").run, spec, final)
         log.info("tensorrt export %s (cache %s): %s", final, "hit" if hit else "miss", result.describe())
         sidecar = tmp / f"{src.stem}.json"
         sidecar.write_text(json.dumps({**info, "cache_hit": hit, "builder": "trtexec" if use_trtexec else "api",
@@ -179,47 +179,6 @@ def check_qdq_for_tensorrt(onnx_path: Path) -> None:
         raise ExportError(f"{onnx_path.name} has Q/DQ nodes that TensorRT cannot build (it needs int8 with zero "
                           f"point 0): {', '.join(bad[:4])}{' …' if len(bad) > 4 else ''}; quantize with symmetric "
                           "int8 activations and weights and unquantized biases (QuantizeBias=False) for TensorRT")
-
-
-def tensorrt_runner(engine_path: Path) -> RunFn:
-    """A deserialized engine as `batch -> logits`, with torch CUDA tensors as device buffers."""
-    import tensorrt as trt
-    import torch
-
-    logger = trt.Logger(trt.Logger.WARNING)
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
-    if engine is None:
-        raise ExportError(f"TensorRT could not deserialize {engine_path}: "
-                          "was it built by another TensorRT version or on another GPU?")
-    context = engine.create_execution_context()
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    inp = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
-    out = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
-    in_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(inp)))
-    out_dtype = torch.from_numpy(np.empty(0, trt.nptype(engine.get_tensor_dtype(out)))).dtype
-    dim0 = engine.get_tensor_shape(inp)[0]
-    fixed = None if dim0 < 0 else int(dim0)
-
-    def once(batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=in_dtype)).cuda()
-        context.set_input_shape(inp, tuple(x.shape))
-        y = torch.empty(tuple(context.get_tensor_shape(out)), dtype=out_dtype, device="cuda")
-        context.set_tensor_address(inp, x.data_ptr())
-        context.set_tensor_address(out, y.data_ptr())
-        stream = torch.cuda.current_stream()  # the stream the copies above were queued on
-        if not context.execute_async_v3(stream.cuda_stream):
-            raise ExportError(f"TensorRT execution of {engine_path} failed")
-        stream.synchronize()
-        return y.float().cpu().numpy()
-
-    keep_alive = (runtime, engine, context)  # the runtime must outlive the engine it deserialized
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        assert keep_alive
-        return run_in_chunks(once, batch, fixed)
-
-    return run
 
 
 def _build_with_api(onnx_path: Path, engine_path: Path, spec: ExportSpec) -> None:

@@ -10,6 +10,7 @@ from runtimes.base import as_batch, package_version, unimportable_reason
 NAME = "onnxruntime"
 FORMATS = ("onnx",)
 DEFAULT_DEVICE = "cpu"
+KNOWN_DEVICES = ("cpu", "cuda")  # asked about even where absent: rows say why
 
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -65,9 +66,15 @@ class OnnxRuntimeSession:
         self.input_name = session.get_inputs()[0].name
         self.output_name = session.get_outputs()[0].name
         self.providers = session.get_providers()
+        self.settings = {"providers": list(self.providers)}
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run([self.output_name], {self.input_name: as_batch(batch)})[0]
+
+    def run_named(self, batch: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        """The graph tensors called `names` (e.g. intermediate activations a model exposes as
+        outputs), for analyses that look inside the model."""
+        return self._session.run(names, {self.input_name: as_batch(batch)})
 
     def sync(self) -> None:
         # InferenceSession.run returns host arrays, so device work has already finished.

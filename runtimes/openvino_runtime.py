@@ -15,6 +15,7 @@ from runtimes.base import as_batch, package_version, unimportable_reason
 NAME = "openvino"
 FORMATS = ("openvino", "onnx")
 DEFAULT_DEVICE = "cpu"
+KNOWN_DEVICES = ("cpu",)  # OpenVINO adds the others it finds ("gpu.0", "npu")
 
 _PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16", "f16": "f16", "fp16": "f16"}
 # Compiled-model properties worth reporting next to a latency number.
@@ -76,10 +77,32 @@ def compile_config(device: str, threads: int | None,
     return config
 
 
+def pinned_options(precision: str, device: str) -> dict:
+    """Load options that make OpenVINO compute in the artifact's own precision.
+
+    The measurement is then of the artifact, not of the device's precision policy: f32 for fp32
+    artifacts and for int8 ones (their quantized layers run int8 either way; the float remainder
+    stays f32 so accuracy reflects quantization alone); f16 for fp16 artifacts on devices that
+    compute in f16, else f32 (the CPU plugin would substitute bf16, a different number format
+    from the artifact's).
+    """
+    if str(precision).lower() in ("fp16", "f16") and "FP16" in _capabilities(device):
+        return {"inference_precision": "f16"}
+    return {"inference_precision": "f32"}
+
+
+def _capabilities(device: str) -> list[str]:
+    import openvino as ov
+    try:
+        return list(ov.Core().get_property(device.upper(), "OPTIMIZATION_CAPABILITIES"))
+    except Exception:  # a device that does not report capabilities computes as it is told
+        return []
+
+
 class OpenVinoSession:
     """One compiled model and a single InferRequest (the latency configuration)."""
 
-    def __init__(self, compiled) -> None:
+    def __init__(self, compiled, requested_precision: str | None = None) -> None:
         import openvino as ov
 
         self._tensor = ov.Tensor
@@ -87,6 +110,8 @@ class OpenVinoSession:
         self._request = compiled.create_infer_request()
         self._input: np.ndarray | None = None
         self.properties = {key: _property(compiled, key) for key in _REPORTED}
+        self.settings = {"requested_inference_precision": requested_precision or "device default",
+                         **{k.lower(): v for k, v in self.properties.items()}}
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         # The input is shared, not copied; the output is copied once because the request
@@ -131,7 +156,7 @@ def load(model, device: str = "cpu", threads: int | None = None,
         model = core.read_model(str(path))
     config = compile_config(device, threads, inference_precision)
     compiled = core.compile_model(model, device.upper(), config)
-    return OpenVinoSession(compiled)
+    return OpenVinoSession(compiled, inference_precision)
 
 
 def _property(compiled, key: str) -> str | None:

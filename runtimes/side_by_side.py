@@ -20,18 +20,11 @@ import numpy as np
 
 def input_shape(path: Path, shape_arg: str | None) -> tuple[int, ...]:
     """The batch input shape: --shape when given, else the model file's static input shape."""
+    from runtimes import formats
     if shape_arg:
         return tuple(int(d) for d in shape_arg.split(","))
-    if path.suffix == ".onnx":
-        import onnx
-        dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-        shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
-    elif path.suffix == ".xml":
-        import openvino as ov
-        partial = ov.Core().read_model(str(path)).inputs[0].get_partial_shape()
-        shape = tuple(int(d.get_length()) if d.is_static else -1 for d in partial)
-    else:
-        raise ValueError(f"cannot read an input shape from {path.name}; pass --shape 1,3,H,W")
+    inputs, _ = formats.for_file(path).io_signature(path)
+    shape = tuple(-1 if d is None else int(d) for d in inputs[0]["shape"])
     if -1 in shape:
         raise ValueError(f"{path.name} has a dynamic input shape {shape}; pass --shape 1,3,H,W")
     return shape
@@ -41,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m runtimes.side_by_side", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", type=Path, help="model files (.onnx, .xml, .engine)")
-    p.add_argument("--runtime", default="onnxruntime", choices=("onnxruntime", "openvino", "tensorrt"))
+    p.add_argument("--runtime", default="onnxruntime",
+                   help="a runtime that loads model files (see `edgeship runtimes`)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, nargs="+", default=[2], help="thread counts to compare")
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")

@@ -16,6 +16,7 @@ from runtimes.cuda_staging import PinnedStaging, cuda_unavailable_reason
 
 NAME = "tensorrt"
 FORMATS = ("tensorrt",)
+KNOWN_DEVICES = ("cuda",)
 DEFAULT_DEVICE = "cuda"
 
 _MIN_MAJOR = 10  # execute_async_v3 and the name-based I/O API replace bindings from 10.0 on

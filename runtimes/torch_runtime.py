@@ -19,6 +19,7 @@ from runtimes.cuda_staging import PinnedStaging, cuda_unavailable_reason
 NAME = "torch"
 FORMATS = ("torch",)
 DEFAULT_DEVICE = "cpu"
+KNOWN_DEVICES = ("cpu", "cuda", "cuda-graph")  # asked about even where absent: rows say why
 
 _KINDS = ("cpu", "cuda", "cuda-graph")
 _GRAPH_WARMUP = 3  # eager passes on a side stream before capture, so lazy inits are not captured
@@ -67,6 +68,11 @@ class TorchCpuSession:
     def __init__(self, model) -> None:
         self._model = model
 
+    @property
+    def settings(self) -> dict:
+        import torch
+        return {"mode": "eager", "torch_threads": torch.get_num_threads()}
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
@@ -84,6 +90,7 @@ class TorchCudaSession:
         self._model = model
         self._staging = PinnedStaging(device)
         self._input = None
+        self.settings = {"mode": "eager"}
 
     @property
     def cuda_stream(self):
@@ -119,6 +126,7 @@ class TorchCudaGraphSession(TorchCudaSession):
         super().__init__(model, device)
         self._graph = None
         self._output = None
+        self.settings = {"mode": "cuda-graph"}
 
     def _capture(self, shape: tuple[int, ...]) -> None:
         import torch

@@ -9,7 +9,8 @@ import pytest
 
 import bench_fixture
 from pipeline.artifact import Format
-from pipeline.report.artifacts import artifact_file, candidates, size_bytes
+from pipeline.report.artifacts import artifact_file, candidates
+from runtimes import formats
 from pipeline.report.rows import build_rows, row_id
 from runtimes import onnxruntime_runtime, tensorrt_runtime, torch_runtime
 
@@ -80,7 +81,7 @@ def test_sizes_are_the_model_files_on_disk(fixture):
         xml.stat().st_size + xml.with_suffix(".bin").stat().st_size)
     fp32, fp16 = (rows[f"openvino_{p}@openvino/cpu/b1"]["size_bytes"] for p in ("fp32", "fp16"))
     assert fp16 < 0.7 * fp32                                 # fp16 weights are half the bytes
-    assert size_bytes(onnx, Format.onnx) == onnx.stat().st_size
+    assert formats.get("onnx").size_bytes(onnx) == onnx.stat().st_size
 
 
 def test_accuracy_matches_an_independent_scoring(fixture):

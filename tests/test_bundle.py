@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from calibration.preprocess import Preprocessing
 from exporters import ExportSpec, export
 from exporters.bundle import BundleError, read_bundle, verify_bundle, write_bundle
-from exporters.onnx_export import onnx_runner
+from runtimes.execution import open_model
 
 LABELS = ("cat", "dog", "fox", "owl", "yak")
 PRE = Preprocessing(2, (0.5,) * 3, (0.25,) * 3, interpolation="bicubic", crop_pct=0.875, labels=LABELS)
@@ -63,14 +63,14 @@ def test_onnx_bundle_round_trip(onnx_bundle, golden):
 
 
 def test_verify_bundle_passes_with_the_bundled_model(onnx_bundle):
-    result = verify_bundle(onnx_bundle, onnx_runner(onnx_bundle / "model.onnx"))
+    result = verify_bundle(onnx_bundle, open_model(onnx_bundle / "model.onnx", "onnx").run)
     assert result.passed and result.n_samples == 16
     assert result.max_abs_diff <= 1e-4 and result.top1_agreement == 1.0
 
 
 def test_verify_bundle_fails_with_a_different_model(onnx_bundle, tmp_path):
     wrong = _linear_onnx(tmp_path / "wrong.onnx", weight=W * -1.0)
-    result = verify_bundle(onnx_bundle, onnx_runner(wrong))
+    result = verify_bundle(onnx_bundle, open_model(wrong, "onnx").run)
     assert not result.passed and result.max_abs_diff > 1e-3 and result.top1_agreement < 0.999
 
 
@@ -94,7 +94,6 @@ def test_rewrite_replaces_bundle_atomically(onnx_bundle, tmp_path, golden):
 
 def test_openvino_bundle_carries_xml_and_bin(tmp_path, golden):
     pytest.importorskip("openvino")
-    from exporters.openvino_export import openvino_runner
 
     src = _linear_onnx(tmp_path / "model.onnx")
     xml = export(src, "onnx", "openvino", tmp_path / "ir", ExportSpec(PRE, check_inputs=[golden[0]]))
@@ -102,7 +101,7 @@ def test_openvino_bundle_carries_xml_and_bin(tmp_path, golden):
     assert sorted(p.name for p in bundle.iterdir()) == ["golden.npz", "model.bin", "model.json", "model.xml"]
     manifest = read_bundle(bundle)
     assert manifest["inputs"][0]["shape"] == [None, 3, 2, 2] and manifest["runtime"] == "openvino"
-    assert verify_bundle(bundle, openvino_runner(bundle / "model.xml")).passed
+    assert verify_bundle(bundle, open_model(bundle / "model.xml", "openvino").run).passed
 
 
 def test_incomplete_artifact_is_refused(tmp_path, golden):

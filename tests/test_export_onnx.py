@@ -13,7 +13,8 @@ import torch.nn as nn
 
 from calibration.preprocess import Preprocessing
 from exporters import EXPORTERS, ExportError, ExportSpec, ParityError, UnknownExportEdge, export
-from exporters.onnx_export import onnx_runner, read_preprocessing
+from exporters.onnx_export import read_preprocessing
+from runtimes.execution import open_model
 from exporters.parity import check_export, compare_logits
 from exporters.spec import PREPROCESSING_KEY
 
@@ -74,7 +75,7 @@ def tiny_dynamic(tiny, tmp_path_factory):
 
 def test_tiny_cnn_fp32_parity(tiny, tiny_static):
     model, _, xs = tiny
-    result = compare_logits(_torch_logits(model, xs), onnx_runner(tiny_static)(xs), "fp32")
+    result = compare_logits(_torch_logits(model, xs), open_model(tiny_static, "onnx").run(xs), "fp32")
     assert result.n_samples == 32
     assert result.max_abs_diff <= 1e-3 and result.top1_agreement >= 0.999 and result.passed
 
@@ -86,7 +87,7 @@ def test_efficientnet_lite0_fp32_parity(tmp_path):
     pre = Preprocessing(64, (0.5,) * 3, (0.5,) * 3, labels=LABELS)
     xs = _inputs(64, seed=2)
     path = export(model, "torch", "onnx", tmp_path, ExportSpec(pre, check_inputs=[xs]))
-    result = compare_logits(_torch_logits(model, xs), onnx_runner(path)(xs), "fp32")
+    result = compare_logits(_torch_logits(model, xs), open_model(path, "onnx").run(xs), "fp32")
     assert result.max_abs_diff <= 1e-3, result.describe()
     assert result.top1_agreement >= 0.999, result.describe()
 
@@ -133,7 +134,7 @@ def test_parity_error_names_artifact_and_numbers(tiny, tiny_static):
     with torch.no_grad():
         perturbed.body[-1].weight.mul_(1.5)
     with pytest.raises(ParityError) as err:
-        check_export(lambda b: _torch_logits(perturbed, b), onnx_runner(tiny_static), [xs], "fp32",
+        check_export(lambda b: _torch_logits(perturbed, b), open_model(tiny_static, "onnx").run, [xs], "fp32",
                      artifact=str(tiny_static))
     message = str(err.value)
     assert str(tiny_static) in message and "max |Δ| =" in message and "tolerance <= 0.001" in message

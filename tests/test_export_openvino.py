@@ -13,8 +13,8 @@ ov = pytest.importorskip("openvino")
 
 from calibration.preprocess import Preprocessing  # noqa: E402
 from exporters import ExportError, ExportSpec, ParityError, export  # noqa: E402
-from exporters.onnx_export import onnx_runner  # noqa: E402
-from exporters.openvino_export import ir_op_types, openvino_runner, read_ir_preprocessing  # noqa: E402
+from exporters.openvino_export import ir_op_types, read_ir_preprocessing  # noqa: E402
+from runtimes.execution import open_model  # noqa: E402
 from exporters.parity import check_export, compare_logits  # noqa: E402
 
 LABELS = tuple(f"c{i}" for i in range(10))
@@ -80,7 +80,8 @@ def test_ir_files_metadata_and_sidecar(setup, precision):
                                                ("int8", "int8_onnx")])
 def test_ir_parity_with_source_onnx(setup, precision, source):
     xs = setup["xs"]
-    result = compare_logits(onnx_runner(setup[source])(xs), openvino_runner(setup["irs"][precision])(xs), precision)
+    reference = open_model(setup[source], "onnx").run(xs)
+    result = compare_logits(reference, open_model(setup["irs"][precision], "openvino").run(xs), precision)
     assert result.passed, result.describe()
     if precision == "fp32":
         assert result.max_abs_diff <= 1e-3 and result.top1_agreement >= 0.999
@@ -105,7 +106,7 @@ def test_int8_ir_is_quantized_and_runs_low_precision(setup):
     compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     exec_types = {str(op.get_output_element_type(0)) for op in compiled.get_runtime_model().get_ops()}
     assert any("int8" in t or "uint8" in t for t in exec_types), exec_types
-    out = openvino_runner(xml)(setup["xs"][:4])
+    out = open_model(xml, "openvino").run(setup["xs"][:4])
     assert out.shape == (4, 10) and np.all(np.isfinite(out))
 
 
@@ -128,7 +129,8 @@ def test_ir_against_a_wrong_source_raises_parity_error(setup, tmp_path):
     xml = setup["irs"]["fp32"]
     expected = r"parity check failed for .*model\.xml: max \|Δ\| = .* \(tolerance <= 0.001\)"
     with pytest.raises(ParityError, match=expected):
-        check_export(onnx_runner(wrong), openvino_runner(xml), [setup["xs"]], "fp32", artifact=str(xml))
+        check_export(open_model(wrong, "onnx").run, open_model(xml, "openvino").run, [setup["xs"]], "fp32",
+                     artifact=str(xml))
 
 
 def test_source_preprocessing_must_match_the_spec(setup, tmp_path):

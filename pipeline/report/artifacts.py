@@ -1,4 +1,4 @@
-"""Which artifacts a benchmark covers, where their model files are, and their size on disk.
+"""Which artifacts a benchmark covers, and where their model files are.
 
 The torch models of finetune, distill and prune (the teacher, the student, the pruned student)
 and every ONNX, OpenVINO and TensorRT artifact of quantize and export. Artifacts export could not
@@ -12,11 +12,11 @@ from pathlib import Path
 from calibration.preprocess import Preprocessing
 from pipeline.artifact import Format
 from pipeline.store import Manifest
+from runtimes import formats
 
 # The torch model each training stage hands on, by the name it has in reports.
 TORCH_STAGES = {"finetune": "teacher", "distill": "student", "prune": "pruned"}
 TEACHER = TORCH_STAGES["finetune"]
-_DEPLOYABLE = (Format.onnx, Format.openvino, Format.tensorrt)
 
 
 @dataclass(frozen=True)
@@ -53,53 +53,6 @@ def artifact_file(manifest: Manifest, name: str) -> Path:
     return path
 
 
-def model_files(path: Path, fmt: Format) -> list[Path]:
-    """The files that make up a model: what a device has to store."""
-    path = Path(path)
-    if fmt == Format.torch:
-        return [path / "model.safetensors"] if path.is_dir() else [path]
-    if fmt == Format.openvino:
-        return [path, path.with_suffix(".bin")]
-    if fmt == Format.onnx:
-        return [path, *_onnx_external_files(path)]
-    return [path]
-
-
-def size_bytes(path: Path, fmt: Format) -> int:
-    """Bytes on disk of the model's graph and weight files (not sidecars, not golden data)."""
-    return sum(f.stat().st_size for f in model_files(path, fmt) if f.is_file())
-
-
-def _onnx_external_files(path: Path) -> list[Path]:
-    import onnx
-    proto = onnx.load(str(path), load_external_data=False)
-    locations = set()
-    for tensor in proto.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            locations.update(e.value for e in tensor.external_data if e.key == "location")
-    return [path.parent / loc for loc in sorted(locations)]
-
-
-def fixed_batch(path: Path, fmt: Format) -> int | None:
-    """The batch size an artifact was exported with when its batch axis is static, else None.
-
-    TensorRT engines answer None: their optimisation profile decides, and the runtime says so
-    when a batch falls outside it.
-    """
-    if fmt == Format.onnx:
-        import onnx
-        graph = onnx.load(str(path), load_external_data=False).graph
-        weights = {t.name for t in graph.initializer}
-        first = next(i for i in graph.input if i.name not in weights)
-        dim = first.type.tensor_type.shape.dim[0]
-        return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
-    if fmt == Format.openvino:
-        import openvino as ov
-        dim = ov.Core().read_model(str(path)).inputs[0].get_partial_shape()[0]
-        return dim.get_length() if dim.is_static else None
-    return None
-
-
 def _precision(art_metadata: dict, name: str) -> str:
     if art_metadata.get("precision"):
         return str(art_metadata["precision"])
@@ -132,7 +85,7 @@ def candidates(inputs: dict[str, Manifest]) -> list[Candidate]:
         if m is None or "model" not in m.outputs:
             continue
         art = m.outputs["model"]
-        out.append(Candidate(name, stage, "model", Format.torch, "fp32", artifact_file(m, "model"),
+        out.append(Candidate(name, stage, "model", art.format, "fp32", artifact_file(m, "model"),
                              art.sha256, name, art.preprocessing, manifest=m))
     ref = reference_name(inputs)
     quantize, export = inputs.get("quantize"), inputs.get("export")
@@ -143,7 +96,7 @@ def candidates(inputs: dict[str, Manifest]) -> list[Candidate]:
         if m is None:
             continue
         for name, art in m.outputs.items():
-            if art.format not in _DEPLOYABLE or name in seen:
+            if art.format == Format.data or not formats.get(art.format).deployable or name in seen:
                 continue
             seen.add(name)
             stage = "quantize" if name in quantized else m.stage

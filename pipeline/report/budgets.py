@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from pipeline.config import Check
+from runtimes import formats
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 
@@ -66,7 +67,7 @@ def _fastest_shippable(report: dict, runtime: str, device: str) -> tuple[dict | 
         return None, rows, ""
     batch = h.get("batch", min(r["batch"] for r in ok))
     ok = [r for r in ok if r["batch"] == batch] or ok
-    shippable = [r for r in ok if r["format"] != "torch"] or ok
+    shippable = [r for r in ok if formats.get(r["format"]).deployable] or ok
     teacher = h.get("teacher_accuracy")
     tolerance = report["settings"].get("deploy_tolerance", 1.0)
     within = [r for r in shippable if teacher is None or r["accuracy"] >= teacher - tolerance]

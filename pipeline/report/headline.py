@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pipeline.report.artifacts import TEACHER
 from pipeline.report.targets import device_family, is_eager
+from runtimes import formats
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -28,7 +29,7 @@ def deployed_candidates(rows: list[dict], target: str, batch: int) -> list[dict]
     """Measured rows on the target at `batch` that could be shipped (exported artifacts first)."""
     here = [r for r in rows if r["status"] == "ok" and device_family(r["device"]) == target
             and r["batch"] == batch]
-    deployable = [r for r in here if r["format"] != "torch"]
+    deployable = [r for r in here if formats.get(r["format"]).deployable]
     return deployable or [r for r in here if r["artifact"] != TEACHER]
 
 

@@ -14,12 +14,12 @@ import traceback
 
 import numpy as np
 
-from pipeline.artifact import Format
 from pipeline.config import Config
-from pipeline.report.artifacts import TEACHER, Candidate, candidates, fixed_batch, size_bytes
+from pipeline.report.artifacts import TEACHER, Candidate, candidates
 from pipeline.report.scoring import ValImages, agreement, predict, top1
-from pipeline.report.targets import Target, device_family, openvino_precision, targets_for
+from pipeline.report.targets import Target, device_family, targets_for
 from pipeline.store import Manifest
+from runtimes import formats
 
 ACCURACY_CHUNK = 64   # images per call when scoring a model with a dynamic batch axis
 LATENCY_FIELDS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "stdev_ms", "min_ms", "max_ms",
@@ -40,7 +40,7 @@ class TorchModels:
     and their CPU predictions, the references every other row's agreement is measured against."""
 
     def __init__(self, cands: list[Candidate], val: ValImages, threads: int):
-        self._cands = {c.name: c for c in cands if c.format == Format.torch}
+        self._cands = {c.name: c for c in cands if formats.get(c.format).rebuilt_in_memory}
         self._val, self._threads = val, threads
         self._models: dict = {}
         self._predictions: dict[str, np.ndarray] = {}
@@ -71,9 +71,9 @@ class TorchModels:
         if name not in self._cands:
             return None
         if name not in self._predictions:
-            import runtimes
-            session = runtimes.get("torch").load(self.model(name), "cpu", self._threads)
-            logits = predict(session, self._val, self._cands[name].preprocessing, ACCURACY_CHUNK)
+            from runtimes.execution import open_model
+            loaded = open_model(self.model(name), self._cands[name].format, threads=self._threads)
+            logits = predict(loaded, self._val, self._cands[name].preprocessing, ACCURACY_CHUNK)
             self._predictions[name] = logits.argmax(1)
         return self._predictions[name]
 
@@ -91,25 +91,11 @@ def reset_peak_rss() -> bool:
 
 
 def _open(cand: Candidate, target: Target, cfg: Config, models: TorchModels):
-    """Load `cand` on the target; returns (session, settings to record)."""
-    import runtimes
-    threads = cfg.benchmark.threads
-    module = runtimes.get(target.runtime)
-    if target.runtime == "torch":
-        session = module.load(models.model(cand.name), target.device, threads)
-        import torch
-        return session, {"mode": "cuda-graph" if target.device.startswith("cuda-graph") else "eager",
-                         "torch_threads": torch.get_num_threads()}
-    if target.runtime == "openvino":
-        precision = openvino_precision(cand.precision, target.device, cfg.benchmark.openvino_pin_precision)
-        session = module.load(cand.path, target.device, threads, inference_precision=precision)
-        return session, {"requested_inference_precision": precision or "device default",
-                         **{k.lower(): v for k, v in session.properties.items()}}
-    session = module.load(cand.path, target.device, threads)
-    settings = {"threads": threads}
-    if hasattr(session, "providers"):
-        settings["providers"] = list(session.providers)
-    return session, settings
+    """Load `cand` on the target through the one execution path."""
+    from runtimes.execution import open_model
+    model = models.model(cand.name) if formats.get(cand.format).rebuilt_in_memory else cand.path
+    return open_model(model, cand.format, target.runtime, target.device, cfg.benchmark.threads,
+                      cand.precision, pin=cfg.benchmark.openvino_pin_precision)
 
 
 def _base(cand: Candidate, target: Target, batch: int | None, threads: int) -> dict:
@@ -119,7 +105,7 @@ def _base(cand: Candidate, target: Target, batch: int | None, threads: int) -> d
             "precision": cand.precision, "runtime": target.runtime,
             "runtime_version": runtimes.get(target.runtime).version(), "device": target.device,
             "batch": batch, "threads": threads, "sha256": cand.sha256,
-            "size_bytes": size_bytes(cand.path, cand.format) if cand.path else None,
+            "size_bytes": formats.get(cand.format).size_bytes(cand.path) if cand.path else None,
             "reference": cand.reference}
 
 
@@ -133,8 +119,8 @@ def _methodology(cand: Candidate, target: Target, stats, val: ValImages, chunk: 
                  settings: dict) -> str:
     pre = cand.preprocessing
     ov = ""
-    if target.runtime == "openvino":
-        ov = (f" OpenVINO inference precision requested: {settings['requested_inference_precision']}, "
+    if "requested_inference_precision" in settings:
+        ov = (f" Inference precision requested: {settings['requested_inference_precision']}, "
               f"compiled: {settings.get('inference_precision_hint')}.")
     return (f"Latency: {stats.methodology} Threads: {_threads_used(settings)}.{ov} "
             f"Accuracy: top-1 over the first {val.count} val images (split {val.fingerprint[:12]}), "
@@ -170,12 +156,11 @@ def measure_target(cand: Candidate, target: Target, cfg: Config, val: ValImages,
             models.predictions(name)
     peak_scope = ("this row: high-water mark reset before loading, includes the process baseline"
                   if reset_peak_rss() else "the whole process so far")
-    session, settings = _open(cand, target, cfg, models)
-    fixed = fixed_batch(cand.path, cand.format)
-    # TensorRT profiles are built around small batches; one image per call fits any of them.
-    chunk = fixed or (1 if cand.format == Format.tensorrt else ACCURACY_CHUNK)
+    loaded = _open(cand, target, cfg, models)
+    fixed, chunk = loaded.fixed_batch, loaded.chunk(ACCURACY_CHUNK)
     t0 = time.perf_counter()
-    preds = predict(session, val, cand.preprocessing, chunk, fixed).argmax(1)
+    preds = predict(loaded, val, cand.preprocessing, chunk).argmax(1)
+    settings = {k: v for k, v in loaded.settings.items() if v is not None}
     if target.runtime == "torch" and target.device == "cpu":
         models.remember(cand.name, preds)
     params, macs = models.counts(cand.reference)
@@ -192,9 +177,9 @@ def measure_target(cand: Candidate, target: Target, cfg: Config, val: ValImages,
                                      f"exported with a fixed batch of {fixed}; set "
                                      f"export.dynamic_batch: true to measure batch {batch}"))
             continue
-        stats = measure(session, val.batch(cand.preprocessing, batch), bench.warmup,
+        stats = measure(loaded.session, val.batch(cand.preprocessing, batch), bench.warmup,
                         bench.min_iterations, bench.min_seconds,
-                        cuda_events=hasattr(session, "cuda_stream"))
+                        cuda_events=hasattr(loaded.session, "cuda_stream"))
         latency = {k: v for k, v in stats.to_dict().items() if k in LATENCY_FIELDS}
         rows.append({**_base(cand, target, batch, bench.threads), "status": "ok", "reason": None,
                      **scored, **latency,

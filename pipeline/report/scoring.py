@@ -58,19 +58,13 @@ class ValImages:
         return self.images.fingerprint
 
 
-def predict(session, val: ValImages, pre: Preprocessing, chunk: int,
-            fixed_batch: int | None = None) -> np.ndarray:
-    """Logits of every scored val image. A model with a static batch axis gets exactly
-    `fixed_batch` images per call (the last chunk padded by repetition, the padding dropped)."""
-    size = fixed_batch or chunk
+def predict(loaded, val: ValImages, pre: Preprocessing, chunk: int) -> np.ndarray:
+    """Logits of every scored val image from a model loaded by `runtimes.execution.open_model`,
+    `chunk` images per call (a model with a static batch gets exactly its batch per call)."""
     out = []
-    for x in val.chunks(pre, size):
-        n = len(x)
-        if fixed_batch and n < fixed_batch:
-            x = np.concatenate([x, np.repeat(x[-1:], fixed_batch - n, axis=0)])
-        logits = np.asarray(session.run(x))
-        session.sync()
-        out.append(logits[:n])
+    for x in val.chunks(pre, chunk):
+        out.append(np.asarray(loaded.run(x)))
+        loaded.sync()
     return np.concatenate(out).astype(np.float32)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 from pathlib import Path
 
 from pipeline.artifact import Artifact, Format
@@ -9,9 +10,7 @@ from pipeline.config import Config
 from pipeline.stages.base import Context, Result, Stage
 from pipeline.stages.common import data_params
 
-# Accuracy of an artifact is measured in f32 arithmetic where the runtime would otherwise pick
-# bf16 on its own (OpenVINO on CPUs with AVX-512 BF16): the number describes the file we ship.
-OPENVINO_SCORING_PRECISION = "f32"
+log = logging.getLogger(__name__)
 
 
 def params(cfg: Config) -> dict:
@@ -19,18 +18,10 @@ def params(cfg: Config) -> dict:
             "threads": cfg.run.thread_count()}
 
 
-def _runtime_for(fmt: Format) -> str:
-    return {Format.onnx: "onnxruntime", Format.openvino: "openvino", Format.tensorrt: "tensorrt"}[fmt]
-
-
-def _session(fmt: Format, model_file: Path, threads: int):
-    import runtimes
-    if fmt == Format.openvino:
-        return runtimes.get("openvino").load(model_file, "cpu", threads,
-                                             inference_precision=OPENVINO_SCORING_PRECISION)
-    if fmt == Format.tensorrt:
-        return runtimes.get("tensorrt").load(model_file, "cuda")
-    return runtimes.get("onnxruntime").load(model_file, "cpu", threads)
+def _requested(cfg: Config) -> list[tuple[Format, str]]:
+    """(target format, precision) of every conversion the config asks for, in order."""
+    return ([(Format.openvino, p) for p in cfg.export.openvino_precisions]
+            + [(Format.tensorrt, p) for p in cfg.export.tensorrt.precisions])
 
 
 class Exporter:
@@ -53,68 +44,61 @@ class Exporter:
             timing_cache=ctx.store_root / "cache" / "tensorrt" / "timing.cache",
             engine_cache=ctx.store_root / "cache" / "tensorrt" / "engines")
 
+    def convert(self, src: Path, fmt: Format, precision: str) -> None:
+        """Convert the ONNX `src` to `fmt` with the registered exporter, then score and bundle it;
+        an exporter that cannot run here is recorded with its reason."""
+        import exporters
+        name = f"{fmt.value}_{precision}"
+        try:
+            model_file = exporters.export(src, Format.onnx, fmt, self.work / name, self.spec(precision))
+        except exporters.ExportUnavailable as e:
+            self.metrics["unavailable"][name] = e.reason
+            log.info("  export %-15s skipped: %s", name, e.reason)
+            return
+        self.add(name, fmt, model_file, precision)
+
     def add(self, name: str, fmt: Format, model_file: Path, precision: str) -> None:
         """Score `model_file` in its own runtime, then bundle it with golden inputs and outputs."""
         from exporters.bundle import verify_bundle, write_bundle
         from pipeline.report.scoring import predict, top1
+        from runtimes.execution import open_model
         threads = self.ctx.cfg.run.thread_count()
-        session = _session(fmt, model_file, threads)
-        logits = predict(session, self.val, self.pre, chunk=1, fixed_batch=1)
+        loaded = open_model(model_file, fmt, threads=threads, precision=precision)
+        logits = predict(loaded, self.val, self.pre, chunk=1)
         self.metrics["top1"][name] = top1(logits.argmax(1), self.val.targets)
         golden_n = self.ctx.cfg.export.golden_inputs
         golden_in = self.val.batch(self.pre, golden_n)
         bundle = write_bundle(model_file, self.ctx.out_dir / name, self.pre, precision, self.sources,
-                              golden_in, logits[:golden_n], _runtime_for(fmt))
-        shipped = bundle / model_file.name
-        check = verify_bundle(bundle, lambda x: predict_one_by_one(_session(fmt, shipped, threads), x))
-        self.metrics["bundle_check"][name] = check.passed
+                              golden_in, logits[:golden_n], loaded.runtime)
+        shipped = open_model(bundle / model_file.name, fmt, threads=threads, precision=precision)
+        self.metrics["bundle_check"][name] = verify_bundle(bundle, shipped.run).passed
         meta = {"preprocessing": self.pre.with_(precision=precision).to_dict(), "precision": precision,
-                "runtime": _runtime_for(fmt), "model_file": model_file.name}
+                "runtime": loaded.runtime, "model_file": model_file.name}
         self.outputs[name] = Artifact.of(self.ctx.out_dir, bundle, fmt, meta)
-        print(f"  export {name:<15} top-1 {self.metrics['top1'][name]:.2f}% in {_runtime_for(fmt)}",
-              flush=True)
-
-
-def predict_one_by_one(session, x):
-    import numpy as np
-    return np.concatenate([session.run(x[i:i + 1]) for i in range(len(x))])
+        log.info("  export %-15s top-1 %.2f%% in %s", name, self.metrics["top1"][name], loaded.runtime)
 
 
 def run(ctx: Context) -> Result:
     import shutil
 
-    from exporters.openvino_export import export_onnx_to_openvino
-    from exporters.spec import ExportUnavailable
-    from exporters.tensorrt_export import export_onnx_to_tensorrt
     from pipeline.data import load_splits
     from pipeline.report.scoring import ValImages
 
     cfg, q = ctx.cfg, ctx.input("quantize")
-    fp32, int8 = q.path_of("onnx_fp32"), q.path_of("onnx_int8")
+    sources = {name: q.outputs[name].sha256 for name in ("onnx_fp32", "onnx_int8")}
     pre = q.outputs["onnx_fp32"].preprocessing
     val = ValImages(load_splits(cfg.data, cfg.run.seed).val)
-    sources = {"onnx_fp32": q.outputs["onnx_fp32"].sha256, "onnx_int8": q.outputs["onnx_int8"].sha256}
     ex = Exporter(ctx, pre, val, sources)
-    ex.add("onnx_fp32", Format.onnx, fp32, "fp32")
-    ex.add("onnx_int8", Format.onnx, int8, "int8")
-    for precision in cfg.export.openvino_precisions:
-        src = int8 if precision == "int8" else fp32
-        xml = export_onnx_to_openvino(src, ex.work / f"openvino_{precision}", ex.spec(precision))
-        ex.add(f"openvino_{precision}", Format.openvino, xml, precision)
-    for precision in cfg.export.tensorrt.precisions:
-        name = f"tensorrt_{precision}"
-        try:
-            engine = export_onnx_to_tensorrt(int8 if precision == "int8" else fp32,
-                                             ex.work / name, ex.spec(precision))
-        except ExportUnavailable as e:
-            ex.metrics["unavailable"][name] = e.reason
-            print(f"  export {name:<15} skipped: {e.reason}", flush=True)
-            continue
-        ex.add(name, Format.tensorrt, engine, precision)
+    onnx_of = {"fp32": q.path_of("onnx_fp32"), "int8": q.path_of("onnx_int8")}
+    for precision, path in onnx_of.items():
+        ex.add(f"onnx_{precision}", Format.onnx, path, precision)
+    # fp16 engines and IRs are converted from the fp32 ONNX; int8 ones from the Q/DQ file.
+    for fmt, precision in _requested(cfg):
+        ex.convert(onnx_of["int8" if precision == "int8" else "fp32"], fmt, precision)
     shutil.rmtree(ex.work, ignore_errors=True)
     ex.metrics["quantize"] = {"fp32_top1": q.metrics.get("fp32_top1"), "int8_top1": q.metrics.get("int8_top1")}
     return Result(outputs=ex.outputs, metrics=ex.metrics)
 
 
-STAGE = Stage(name="export", version=2, deps=("quantize",), params=params, run=run,
+STAGE = Stage(name="export", version=3, deps=("quantize",), params=params, run=run,
               help="ONNX, OpenVINO IR and TensorRT engines as verified deployment bundles")

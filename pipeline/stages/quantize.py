@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 from pathlib import Path
 
 from pipeline.artifact import Artifact, Format
@@ -38,13 +37,12 @@ def onnx_top1(path: Path, val, pre, threads: int, log: dict | None = None) -> fl
     The accuracy budget must hold wherever the file is deployed, so the search sees the lower
     score; each runtime's own score is appended to `log`.
     """
-    import runtimes
     from pipeline.report.scoring import predict, top1
+    from runtimes.execution import open_model
     scores = {}
     for name in SCORING_RUNTIMES:
-        options = {"inference_precision": "f32"} if name == "openvino" else {}
-        session = runtimes.get(name).load(path, "cpu", threads, **options)
-        logits = predict(session, val, pre, chunk=1, fixed_batch=1)
+        loaded = open_model(path, Format.onnx, name, "cpu", threads, pre.precision)
+        logits = predict(loaded, val, pre, chunk=1)
         scores[name] = top1(logits.argmax(1), val.targets)
     if log is not None:
         log.setdefault(Path(path).name, []).append(scores)
@@ -111,11 +109,9 @@ def _stamp_precision(path: Path, pre) -> None:
     """The Q/DQ file inherits the FP32 file's metadata; mark it int8 so runtimes read it right."""
     import onnx
 
-    from exporters.spec import PREPROCESSING_KEY
+    from runtimes.formats.onnx_format import write_preprocessing
     model = onnx.load(path)
-    for prop in model.metadata_props:
-        if prop.key == PREPROCESSING_KEY:
-            prop.value = json.dumps(pre.with_(precision="int8").to_dict())
+    write_preprocessing(model, pre.with_(precision="int8").to_dict())
     tmp = path.with_suffix(".tmp")
     onnx.save(model, tmp)
     tmp.replace(path)
