@@ -6,6 +6,8 @@ from typing import Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+import runtimes as _runtimes
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False)
@@ -55,11 +57,9 @@ class CalibMethod(str, Enum):
     percentile = "percentile"
 
 
-class RuntimeName(str, Enum):
-    torch = "torch"
-    onnxruntime = "onnxruntime"
-    openvino = "openvino"
-    tensorrt = "tensorrt"
+# Every registered runtime (importing the registry loads no backend): a new runtime module is
+# configurable, and measured by default, without a change here.
+RuntimeName = Enum("RuntimeName", {name: name for name in _runtimes.RUNTIMES}, type=str)
 
 
 # ---------------------------------------------------------------- sections

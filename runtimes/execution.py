@@ -8,7 +8,7 @@ accepts any number of images (sliced, and padded, to a static batch).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,7 +28,13 @@ class Loaded:
     device: str
     format: str
     fixed_batch: int | None       # the static batch of the model file, if it has one
-    settings: dict = field(default_factory=dict)  # how it runs (threads, precision, ...), for reports
+    threads: int | None = None
+
+    @property
+    def settings(self) -> dict:
+        """How it runs (threads, precision, compile time, ...), for reports; read after running,
+        since some runtimes only learn theirs on the first call."""
+        return {"threads": self.threads, **getattr(self.session, "settings", {})}
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Logits of every image in `batch`, in calls of the model's static batch when it has one."""
@@ -38,9 +44,12 @@ class Loaded:
         self.session.sync()
 
     def chunk(self, preferred: int) -> int:
-        """Images per call when scoring: the static batch, else `preferred` within the format's limit."""
-        limit = formats.get(self.format).max_scoring_batch
-        return self.fixed_batch or min(preferred, limit or preferred)
+        """Images per call when scoring: the static batch, else `preferred` within the limits of
+        the format (an engine's profile) and of the runtime (one compiled per input shape)."""
+        import runtimes
+        limits = (formats.get(self.format).max_scoring_batch,
+                  getattr(runtimes.get(self.runtime), "MAX_SCORING_BATCH", None))
+        return self.fixed_batch or min([preferred, *(n for n in limits if n)])
 
 
 def open_model(model: Any, fmt: Any, runtime: str | None = None, device: str | None = None,
@@ -63,8 +72,7 @@ def open_model(model: Any, fmt: Any, runtime: str | None = None, device: str | N
     options = pinning(precision, device) if pin and pinning else {}
     session = module.load(model, device, threads, **options)
     fixed = handler.static_batch(model) if isinstance(model, (str, Path)) else None
-    settings = {"threads": threads, **getattr(session, "settings", {})}
-    return Loaded(session, module.NAME, device, handler.name, fixed, settings)
+    return Loaded(session, module.NAME, device, handler.name, fixed, threads)
 
 
 def run_in_chunks(fn: RunFn, batch: np.ndarray, fixed_batch: int | None) -> np.ndarray:

@@ -20,7 +20,9 @@ import numpy as np
 INPUT = 32
 BENCH = ["benchmark.min_seconds=0.05", "benchmark.min_iterations=10", "benchmark.warmup=2",
          "benchmark.threads=1", "benchmark.batch_sizes=[1,2]", "benchmark.accuracy_images=150",
-         "benchmark.deploy_tolerance=3.0", "run.threads=1"]
+         "benchmark.deploy_tolerance=3.0", "run.threads=1",
+         # the runtimes whose rows these tests count (a runtime added later has its own tests)
+         "benchmark.runtimes=[torch,onnxruntime,openvino,tensorrt]"]
 TRT_REASON = ("TensorRT is not installed: pip install 'edgeship[tensorrt]' on a machine with an "
               "NVIDIA GPU")
 

@@ -12,7 +12,13 @@ from pipeline.report.build import STAGE_ORDER
 
 STAGE_COLOURS = {"finetune": "#4c72b0", "distill": "#dd8452", "prune": "#55a868",
                  "quantize": "#c44e52", "export": "#8172b3"}
-RUNTIME_MARKERS = {"torch": "o", "onnxruntime": "s", "openvino": "D", "tensorrt": "^"}
+MARKERS = "osD^vP*X<>"   # one per runtime, in registry order
+
+
+def runtime_marker(runtime: str) -> str:
+    import runtimes
+    names = list(runtimes.RUNTIMES)
+    return MARKERS[names.index(runtime) % len(MARKERS)] if runtime in names else "o"
 
 
 def _selected(report: dict) -> list[dict]:
@@ -63,7 +69,7 @@ def accuracy_vs_latency(rows: list[dict], title: str) -> bytes:
     lat = [r["p90_ms"] for r in rows]
     log_x = bool(lat) and max(lat) / max(min(lat), 1e-9) > 20
     for r in rows:
-        ax.scatter(r["p90_ms"], r["accuracy"], s=70, marker=RUNTIME_MARKERS.get(r["runtime"], "o"),
+        ax.scatter(r["p90_ms"], r["accuracy"], s=70, marker=runtime_marker(r["runtime"]),
                    color=STAGE_COLOURS.get(r["stage"], "grey"), edgecolor="black", linewidth=0.6, zorder=3)
     # Numbers on the points, names in a key beside the plot: names would overlap each other.
     for members in _clusters(rows, log_x):
@@ -82,9 +88,8 @@ def accuracy_vs_latency(rows: list[dict], title: str) -> bytes:
     if log_x:
         ax.set_xscale("log")
     ax.margins(x=0.25, y=0.12)
-    for runtime, marker in RUNTIME_MARKERS.items():
-        if any(r["runtime"] == runtime for r in rows):
-            ax.scatter([], [], marker=marker, color="white", edgecolor="black", label=runtime)
+    for runtime in dict.fromkeys(r["runtime"] for r in rows):
+        ax.scatter([], [], marker=runtime_marker(runtime), color="white", edgecolor="black", label=runtime)
     for stage in STAGE_ORDER:
         if any(r["stage"] == stage for r in rows):
             ax.scatter([], [], marker="o", color=STAGE_COLOURS[stage], label=f"stage: {stage}")

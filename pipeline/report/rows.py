@@ -122,7 +122,11 @@ def _methodology(cand: Candidate, target: Target, stats, val: ValImages, chunk: 
     if "requested_inference_precision" in settings:
         ov = (f" Inference precision requested: {settings['requested_inference_precision']}, "
               f"compiled: {settings.get('inference_precision_hint')}.")
-    return (f"Latency: {stats.methodology} Threads: {_threads_used(settings)}.{ov} "
+    compiled = ""
+    if settings.get("compile_seconds") is not None:
+        compiled = (f" Compiling took {settings['compile_seconds']:.1f} s on the first call of each "
+                    f"input shape, before timing; it is not in the latency.")
+    return (f"Latency: {stats.methodology} Threads: {_threads_used(settings)}.{ov}{compiled} "
             f"Accuracy: top-1 over the first {val.count} val images (split {val.fingerprint[:12]}), "
             f"preprocessed with the artifact's own metadata ({pre.input_size} px, crop {pre.crop_pct:g}, "
             f"{pre.interpolation}), predicted in {target.runtime} on {target.device}, {chunk} "
@@ -169,6 +173,7 @@ def measure_target(cand: Candidate, target: Target, cfg: Config, val: ValImages,
               "agreement_reference": agreement(preds, models.predictions(cand.reference)),
               "agreement_teacher": agreement(preds, models.predictions(TEACHER)),
               "params": params, "macs": macs, "settings": settings,
+              "compile_s": settings.get("compile_seconds"),
               "accuracy_seconds": round(time.perf_counter() - t0, 2)}
     rows = []
     for batch in bench.batch_sizes:

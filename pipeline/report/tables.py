@@ -3,7 +3,8 @@ from __future__ import annotations
 
 MEASURED_HEADERS = ("Artifact", "Stage", "Format", "Precision", "Runtime", "Device", "Batch",
                     "Top-1 %", "Δ teacher", "Agree ref %", "Agree teacher %", "p50 ms", "p90 ms",
-                    "p99 ms", "Mean ms", "Images/s", "Size MB", "Params M", "MACs M", "Pareto")
+                    "p99 ms", "Mean ms", "Images/s", "Size MB", "Params M", "MACs M", "Compile s",
+                    "Pareto")
 NOT_MEASURED_HEADERS = ("Runtime / device", "Status", "Artifacts", "Reason")
 
 
@@ -41,7 +42,7 @@ def measured(report: dict) -> list[list[str]]:
             num(r.get("agreement_reference"), 1), num(r.get("agreement_teacher"), 1),
             ms(r["p50_ms"]), ms(r["p90_ms"]), ms(r["p99_ms"]), ms(r["mean_ms"]),
             num(r["throughput_ips"], 1), num(r.get("size_bytes"), 2, 1e6),
-            num(r.get("params"), 2, 1e6), num(r.get("macs"), 1, 1e6),
+            num(r.get("params"), 2, 1e6), num(r.get("macs"), 1, 1e6), num(r.get("compile_s"), 1),
             "yes" if r.get("pareto") else ""])
     return lines
 
