@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from runtimes import onnxruntime_runtime, openvino_runtime, tensorrt_runtime, torch_runtime
+from runtimes import (onnxruntime_runtime, openvino_runtime, tensorrt_runtime, torch_compile_runtime,
+                      torch_runtime)
 
 RUNTIMES: dict[str, ModuleType] = {
     module.NAME: module
-    for module in (torch_runtime, onnxruntime_runtime, openvino_runtime, tensorrt_runtime)
+    for module in (torch_runtime, torch_compile_runtime, onnxruntime_runtime, openvino_runtime,
+                   tensorrt_runtime)
 }
 
 

@@ -1,0 +1,46 @@
+"""The torch_compile runtime: same logits as eager PyTorch, compile time apart from latency,
+and measured by the benchmark beside the other runtimes."""
+import numpy as np
+import pytest
+
+import runtimes
+from runtimes import torch_compile_runtime as tc
+
+pytestmark = pytest.mark.skipif(tc.unavailable("cpu") is not None, reason=str(tc.unavailable("cpu")))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    import torch
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
+
+
+def test_compiled_logits_match_eager_and_compile_time_is_reported_once_per_shape(tiny):
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    eager = runtimes.get("torch").load(tiny, "cpu", 1).run(x)
+    session = tc.load(tiny, "cpu", 1)
+    assert session.settings["compile_seconds"] is None          # nothing compiled before a call
+    np.testing.assert_allclose(session.run(x), eager, atol=1e-4)
+    first = session.settings["compile_seconds"]
+    assert first > 0 and session.settings["compiled_shapes"] == [[1, 3, 16, 16]]
+    session.run(x)
+    assert session.settings["compile_seconds"] == first         # the same shape does not recompile
+    assert not any(p.is_cuda for p in tiny.parameters()) and not tiny.training  # caller's module untouched
+
+
+def test_benchmark_measures_torch_models_with_torch_compile_and_keeps_compile_out_of_latency(tiny):
+    from pipeline.config import Benchmark
+    from pipeline.report.targets import targets_for
+    from runtimes.execution import open_model
+    from runtimes.harness import measure
+
+    assert ("torch_compile", "cpu") in {(t.runtime, t.device) for t in targets_for("torch", Benchmark())}
+    loaded = open_model(tiny, "torch", "torch_compile", "cpu", threads=1)
+    assert loaded.chunk(64) == 1                                  # scoring reuses the latency shape
+    x = np.zeros((1, 3, 20, 20), np.float32)                      # a shape not compiled before
+    stats = measure(loaded.session, x, warmup=1, min_iterations=5, min_seconds=0.0)
+    compile_s = loaded.settings["compile_seconds"]
+    assert compile_s > 0 and stats.max_ms / 1e3 < compile_s     # the compiling call was warm-up
