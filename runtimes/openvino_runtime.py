@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtimes import formats
 from runtimes.base import as_batch, package_version, unimportable_reason
 
 NAME = "openvino"
@@ -150,9 +151,10 @@ def load(model, device: str = "cpu", threads: int | None = None,
         path = Path(model)
         if not path.is_file():
             raise FileNotFoundError(f"OpenVINO model {str(path)!r} does not exist")
-        if path.suffix == ".xml" and not path.with_suffix(".bin").is_file():
-            raise FileNotFoundError(f"OpenVINO IR {str(path)!r} has no weights file "
-                                    f"{str(path.with_suffix('.bin'))!r} beside it")
+        missing = [f for f in formats.for_file(path).model_files(path) if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"OpenVINO model {str(path)!r} has no {str(missing[0])!r} "
+                                    f"beside it")
         model = core.read_model(str(path))
     config = compile_config(device, threads, inference_precision)
     compiled = core.compile_model(model, device.upper(), config)

@@ -7,7 +7,7 @@ from pipeline.config import Config
 from pipeline.report.artifacts import TEACHER
 from pipeline.report.headline import headlines
 from pipeline.report.pareto import mark_pareto
-from pipeline.report.targets import device_family
+from pipeline.report.targets import device_family, is_reference
 from pipeline.report.upstream import upstream_notes
 from pipeline.store import Manifest
 
@@ -19,7 +19,7 @@ MB = 1e6   # sizes are reported in MB of 10^6 bytes, budgets too
 def teacher_accuracy(rows: list[dict]) -> float | None:
     """The teacher's val top-1 in PyTorch eager FP32 on the CPU (the accuracy reference)."""
     row = next((r for r in rows if r["status"] == "ok" and r["artifact"] == TEACHER
-                and r["runtime"] == "torch" and r["device"] == "cpu"), None)
+                and is_reference(r["runtime"], r["device"])), None)
     return row["accuracy"] if row else None
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from pipeline.config import Config
 from pipeline.report.artifacts import TEACHER, Candidate, candidates
 from pipeline.report.scoring import ValImages, agreement, predict, top1
-from pipeline.report.targets import Target, device_family, targets_for
+from pipeline.report.targets import Target, device_family, is_reference, targets_for
 from pipeline.store import Manifest
 from runtimes import formats
 
@@ -156,7 +156,7 @@ def measure_target(cand: Candidate, target: Target, cfg: Config, val: ValImages,
     # a torch model scored on the CPU is its own reference and is scored once, below.
     models.counts(cand.reference)
     for name in {cand.reference, TEACHER}:
-        if not (name == cand.name and target.runtime == "torch" and target.device == "cpu"):
+        if not (name == cand.name and is_reference(target.runtime, target.device)):
             models.predictions(name)
     peak_scope = ("this row: high-water mark reset before loading, includes the process baseline"
                   if reset_peak_rss() else "the whole process so far")
@@ -165,7 +165,7 @@ def measure_target(cand: Candidate, target: Target, cfg: Config, val: ValImages,
     t0 = time.perf_counter()
     preds = predict(loaded, val, cand.preprocessing, chunk).argmax(1)
     settings = {k: v for k, v in loaded.settings.items() if v is not None}
-    if target.runtime == "torch" and target.device == "cpu":
+    if is_reference(target.runtime, target.device):
         models.remember(cand.name, preds)
     params, macs = models.counts(cand.reference)
     scored = {"accuracy": top1(preds, val.targets), "accuracy_images": val.count,

@@ -1,6 +1,8 @@
 """The report's tables as headers and text cells, rendered by both report.md and report.html."""
 from __future__ import annotations
 
+from pipeline.report.targets import REFERENCE_RUNTIME
+
 MEASURED_HEADERS = ("Artifact", "Stage", "Format", "Precision", "Runtime", "Device", "Batch",
                     "Top-1 %", "Δ teacher", "Agree ref %", "Agree teacher %", "p50 ms", "p90 ms",
                     "p99 ms", "Mean ms", "Images/s", "Size MB", "Params M", "MACs M", "Compile s",
@@ -25,7 +27,7 @@ def artifact_label(row: dict) -> str:
     tags = []
     if row.get("deployed"):
         tags.append("deployed")
-    if row["artifact"] == "teacher" and row["runtime"] == "torch":
+    if row["artifact"] == "teacher" and row["runtime"] == REFERENCE_RUNTIME:
         tags.append("baseline")
     return row["artifact"] + (f" ({', '.join(tags)})" if tags else "")
 

@@ -17,9 +17,17 @@ def device_family(device: str) -> str:
     return device.lower().split(":", 1)[0].split("-", 1)[0]
 
 
+REFERENCE_RUNTIME = "torch"   # PyTorch eager FP32: what every other row is compared with
+
+
 def is_eager(runtime: str, device: str) -> bool:
     """PyTorch eager on a plain device: the baseline a headline compares against."""
-    return runtime == "torch" and device.lower().split(":", 1)[0] in ("cpu", "cuda")
+    return runtime == REFERENCE_RUNTIME and device.lower().split(":", 1)[0] in ("cpu", "cuda")
+
+
+def is_reference(runtime: str, device: str) -> bool:
+    """PyTorch eager on the CPU: where the teacher's accuracy and every agreement are measured."""
+    return runtime == REFERENCE_RUNTIME and device == "cpu"
 
 
 @dataclass(frozen=True)
