@@ -19,12 +19,13 @@ import numpy as np
 from calibration.preprocess import Preprocessing
 from exporters.parity import ParityResult, compare_logits, run_in_chunks
 from exporters.spec import Precision, sha256_file
+from runtimes import errors
 
 BUNDLE_VERSION = 1
 MODEL_JSON, GOLDEN = "model.json", "golden.npz"
 
 
-class BundleError(RuntimeError):
+class BundleError(RuntimeError, errors.StageFailed):
     """A bundle is incomplete or its files do not match the hashes recorded in model.json."""
 
 

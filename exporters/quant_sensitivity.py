@@ -19,13 +19,14 @@ import numpy as np
 
 from calibration.source import CalibrationSource
 from exporters.onnx_int8 import QUANTIZABLE_LAYER_TYPES, prepare_for_quantization
+from runtimes import errors
 
 QuantizeFn = Callable[..., tuple[Path, dict]]
 """(fp32_path, out_path, source, *, nodes_to_exclude, calibration_cache) -> (path, info), e.g.
 `exporters.onnx_int8.quantize_onnx` or a functools.partial of it with method/scheme set."""
 
 
-class QuantizationBudgetError(RuntimeError):
+class QuantizationBudgetError(RuntimeError, errors.StageFailed):
     """No set of at most `max_excluded` float layers brings the INT8 drop within `max_drop`."""
 
     def __init__(self, message: str, report: dict):

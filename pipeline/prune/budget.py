@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from runtimes import errors
 
-class BudgetNotMet(RuntimeError):
+
+class BudgetNotMet(RuntimeError, errors.StageFailed):
     """No candidate up to the search's maximum ratio met the latency budget."""
 
 

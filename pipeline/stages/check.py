@@ -16,11 +16,12 @@ from pipeline.artifact import Artifact, Format
 from pipeline.config import Config
 from pipeline.stages.base import Context, Result, Stage
 from pipeline.store import Manifest
+from runtimes import errors
 
 JUNIT, VERDICTS = "junit.xml", "check.json"
 
 
-class BudgetFailed(RuntimeError):
+class BudgetFailed(RuntimeError, errors.GateFailed):
     """One or more budgets failed; the message lists each with its measured value and limit."""
 
     def __init__(self, failures: list, junit: Path | None):
