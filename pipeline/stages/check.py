@@ -2,7 +2,7 @@
 
 Prints every budget with its measured value and limit, writes JUnit XML into the store entry and
 to `check.junit` (relative to the working directory) for CI systems to display, and raises
-BudgetFailed when any budget fails: the CLI exits with EXIT_BUDGET and nothing is committed,
+BudgetFailed when any budget fails: the CLI exits with code 5 and nothing is committed,
 so a failing check is never cached as passed. A passing check is cached; its `publish` step
 prints the verdicts and rewrites `check.junit` on every run, cache hits included.
 """
