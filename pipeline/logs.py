@@ -10,7 +10,7 @@ import sys
 
 # Libraries that talk a lot at INFO/DEBUG; their lines show only at -vv.
 NOISY = ("nncf", "openvino", "torch", "torch_pruning", "onnxscript", "matplotlib", "PIL", "urllib3")
-_PROJECT = ("pipeline", "exporters", "runtimes", "calibration")
+PROJECT = ("pipeline", "exporters", "runtimes", "calibration")
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -29,6 +29,15 @@ class _StderrHandler(logging.StreamHandler):
         pass  # StreamHandler.__init__ assigns one; the property always answers sys.stderr
 
 
+class _Formatter(logging.Formatter):
+    """The bare message; warnings and errors keep their level in front ("WARNING: ...") so they
+    stand out in a CI log."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno < logging.WARNING else f"{record.levelname}: {text}"
+
+
 def level_for(verbosity: int) -> int:
     """The project's log level for a verbosity (-q → -1 → WARNING, 0 → INFO, 1 or more → DEBUG)."""
     if verbosity < 0:
@@ -45,11 +54,11 @@ def configure(verbosity: int = 0) -> None:
     for handler in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
         root.removeHandler(handler)
     handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(_Formatter("%(message)s"))
     root.addHandler(handler)
     level = level_for(verbosity)
     root.setLevel(level if verbosity >= 2 else max(level, logging.WARNING))
-    for name in _PROJECT:
+    for name in PROJECT:
         logging.getLogger(name).setLevel(level)
     for name in NOISY:
         logging.getLogger(name).setLevel(logging.DEBUG if verbosity >= 2 else max(level, logging.WARNING))

@@ -56,9 +56,11 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str = "worki
             done += 1
             if bar is not None:
                 bar.update(1)
-            elif time.monotonic() - last >= interval:
-                last = time.monotonic()
-                log.info(_line(desc, done, total, unit, last - t0))
+            else:
+                now = time.monotonic()
+                if now - last >= interval:
+                    last = now
+                    log.info(_line(desc, done, total, unit, now - t0))
     finally:
         if bar is not None:
             bar.close()
