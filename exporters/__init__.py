@@ -15,6 +15,7 @@ from exporters.openvino_export import export_onnx_to_openvino
 from exporters.parity import ParityError, ParityResult, check_export, compare_logits
 from exporters.spec import ExportError, ExportSpec, ExportUnavailable, Precision
 from exporters.tensorrt_export import export_onnx_to_tensorrt
+from runtimes import errors
 
 Exporter = Callable[[Any, Path, ExportSpec], Path]
 
@@ -25,7 +26,7 @@ EXPORTERS: dict[tuple[str, str], Exporter] = {
 }
 
 
-class UnknownExportEdge(LookupError):
+class UnknownExportEdge(LookupError, errors.StageFailed):
     """No exporter is registered for the requested (source, target) formats."""
 
 

@@ -19,14 +19,14 @@ import numpy as np
 from calibration.preprocess import Preprocessing
 from exporters.parity import ParityResult, compare_logits
 from exporters.spec import Precision, sha256_file
-from runtimes import formats
+from runtimes import errors, formats
 from runtimes.execution import run_in_chunks
 
 BUNDLE_VERSION = 1
 MODEL_JSON, GOLDEN = "model.json", "golden.npz"
 
 
-class BundleError(RuntimeError):
+class BundleError(RuntimeError, errors.StageFailed):
     """A bundle is incomplete or its files do not match the hashes recorded in model.json."""
 
 

@@ -12,6 +12,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from exporters.spec import Precision
+from runtimes import errors
 
 # fp32 is held to an absolute bound; fp16 to a bound relative to the logits' scale (half precision
 # keeps ~3 significant digits, so the error grows with magnitude); int8 moves logits by design, so
@@ -57,7 +58,7 @@ class ParityResult:
         return asdict(self)
 
 
-class ParityError(AssertionError):
+class ParityError(AssertionError, errors.StageFailed):
     """An artifact's outputs do not match its source's within the precision's tolerance."""
 
     def __init__(self, message: str, result: ParityResult | None = None):

@@ -8,6 +8,7 @@ either one alone would leave the output ruined by the other and both would score
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -19,14 +20,18 @@ import numpy as np
 
 from calibration.source import CalibrationSource
 from exporters.onnx_int8 import QUANTIZABLE_LAYER_TYPES, prepare_for_quantization
+from runtimes import errors
 from runtimes.execution import open_model
+from runtimes.progress import progress
 
 QuantizeFn = Callable[..., tuple[Path, dict]]
 """(fp32_path, out_path, source, *, nodes_to_exclude, calibration_cache) -> (path, info), e.g.
 `exporters.onnx_int8.quantize_onnx` or a functools.partial of it with method/scheme set."""
 
+log = logging.getLogger(__name__)
 
-class QuantizationBudgetError(RuntimeError):
+
+class QuantizationBudgetError(RuntimeError, errors.StageFailed):
     """No set of at most `max_excluded` float layers brings the INT8 drop within `max_drop`."""
 
     def __init__(self, message: str, report: dict):
@@ -138,7 +143,7 @@ def layer_sensitivity(
 ) -> dict[str, dict]:
     """For each layer: quantize only it, and measure logit error and top-1 disagreement vs FP32."""
     out = {}
-    for k, layer in enumerate(layers):
+    for k, layer in enumerate(progress(layers, desc="quantize: sensitivity", unit="layers", log=log)):
         others = [name for name in layers if name != layer]
         path, _ = quantize_fn(
             prepared, work / f"only_{k}.onnx", source, nodes_to_exclude=others, calibration_cache=calibration_cache
@@ -226,7 +231,8 @@ def accuracy_aware_quantize(
                 prepared, source, quantize_fn, sensitivity_inputs, work, cache, max_candidates, report
             )
             chosen = None
-            for k, layer in enumerate(ranked[:max_excluded], 1):
+            candidates = progress(ranked[:max_excluded], desc="quantize: float fallback", unit="layers", log=log)
+            for k, layer in enumerate(candidates, 1):
                 excluded = ranked[:k]
                 path, info = quantize(excluded, f"step_{k}.onnx")
                 acc = float(evaluate(path))

@@ -19,6 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from calibration.preprocess import Preprocessing
+from runtimes import errors
 
 PREPROCESSING_KEY = "edgeship.preprocessing"  # ONNX metadata_props key; rt_info path in OpenVINO
 
@@ -42,11 +43,11 @@ class Precision(str, Enum):
             raise ValueError(f"precision {value!r} is not one of {known}") from None
 
 
-class ExportError(RuntimeError):
+class ExportError(RuntimeError, errors.StageFailed):
     """An export ran but produced something unusable (parse failure, missing file, wrong ops)."""
 
 
-class ExportUnavailable(RuntimeError):
+class ExportUnavailable(RuntimeError, errors.Unavailable):
     """The export cannot run on this machine (library or device missing); `reason` says why and how to fix."""
 
     def __init__(self, reason: str):

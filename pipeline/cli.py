@@ -7,24 +7,6 @@ import sys
 
 from pipeline.stage_order import STAGE_NAMES
 
-EXIT_FAIL, EXIT_USAGE, EXIT_NOT_BUILT, EXIT_LOCKED = 1, 2, 3, 4
-EXIT_BUDGET = 5   # `edgeship run check`: a budget failed (see the JUnit XML)
-EXIT_STAGE = 6    # a stage refused its input or could not meet its goal; the message says why
-
-# Errors a stage raises on purpose, with a message that names the thing, the value and the fix:
-# printed without a traceback. Named, not imported, so the CLI loads no heavy library for them.
-STAGE_FAILURES = frozenset({
-    "pipeline.data.imageset.DataError", "pipeline.models.registry.ModelError",
-    "pipeline.prune.structured.PruneError", "pipeline.prune.latency.LatencyUnsupported",
-    "pipeline.prune.budget.BudgetNotMet", "exporters.UnknownExportEdge",
-    "exporters.spec.ExportError", "exporters.parity.ParityError", "exporters.bundle.BundleError",
-    "exporters.quant_sensitivity.QuantizationBudgetError",
-})
-
-
-def _is_stage_failure(exc: BaseException) -> bool:
-    return any(f"{cls.__module__}.{cls.__qualname__}" in STAGE_FAILURES for cls in type(exc).__mro__)
-
 EPILOG = """\
 stages, in order (each reads the manifests of the ones before it):
   finetune   fine-tune a pretrained backbone on your data (the teacher)
@@ -43,10 +25,30 @@ examples:
   edgeship run -c cfg.yaml --force prune            re-run one stage
   edgeship status -c configs/default.yaml           cached / stale / not run
 
-exit codes:
-  0 done   1 unexpected error   2 bad config or usage   3 stage not built   4 store locked
+output:
+  progress and warnings go to stderr, results (tables, config, comparisons) to stdout;
+  -q shows only warnings and errors, -v adds debug lines, -vv debug lines of libraries too
+
+exit codes (runtimes/errors.py):
+  0 done   1 unexpected error (traceback)   2 bad config or usage   4 store locked or damaged
   5 a check budget failed   6 a stage refused its input or missed its goal (message says why)
+  7 bad input data   8 a backend, runtime or device is unavailable here (message says the fix)
+  130 interrupted
 """
+
+
+def _verbosity_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    # Subcommands count into their own dests: argparse copies a subparser's defaults over the
+    # main parser's values, so one dest would drop the flags given before the subcommand.
+    p.add_argument("-v", "--verbose", action="count", default=0, dest=prefix + "verbose",
+                   help="more output: -v debug lines, -vv debug lines of libraries too")
+    p.add_argument("-q", "--quiet", action="count", default=0, dest=prefix + "quiet",
+                   help="only warnings and errors")
+
+
+def verbosity(args: argparse.Namespace) -> int:
+    """-v count minus -q count, over flags given before and after the subcommand."""
+    return (args.verbose + getattr(args, "sub_verbose", 0)) - (args.quiet + getattr(args, "sub_quiet", 0))
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -60,25 +62,28 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edgeship", description="Turn a pretrained backbone and a labelled dataset into a small, "
         "fast, verified model for CPU, desktop GPU or Jetson.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _verbosity_args(parser)
+    common = argparse.ArgumentParser(add_help=False)
+    _verbosity_args(common, "sub_")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="run the pipeline (or up to one stage) through the cache")
+    p = sub.add_parser("run", parents=[common], help="run the pipeline (or up to one stage) through the cache")
     p.add_argument("stage", nargs="?", choices=STAGE_NAMES, help="stop after this stage")
     _config_args(p)
     p.add_argument("--force", action="append", default=[], choices=STAGE_NAMES, metavar="STAGE",
                    help="re-run this stage even when cached (repeatable)")
 
-    p = sub.add_parser("status", help="for each stage: cached, stale or not run, with its key")
+    p = sub.add_parser("status", parents=[common], help="for each stage: cached, stale or not run, with its key")
     _config_args(p)
 
     p = sub.add_parser("config", help="show the resolved config or its JSON Schema")
     csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    _config_args(csub.add_parser("show", help="print the resolved config (defaults filled in)"))
-    csub.add_parser("schema", help="print the JSON Schema (for editor completion)")
+    _config_args(csub.add_parser("show", parents=[common], help="print the resolved config (defaults filled in)"))
+    csub.add_parser("schema", parents=[common], help="print the JSON Schema (for editor completion)")
 
-    sub.add_parser("runtimes", help="list inference runtimes, versions, devices, or why unavailable")
+    sub.add_parser("runtimes", parents=[common], help="list inference runtimes, versions, devices, or why unavailable")
 
-    p = sub.add_parser("compare", help="what changed between two runs' reports")
+    p = sub.add_parser("compare", parents=[common], help="what changed between two runs' reports")
     p.add_argument("run_a", help="a report.json, or a folder holding one")
     p.add_argument("run_b", help="a report.json, or a folder holding one")
     return parser
@@ -131,33 +136,20 @@ COMMANDS = {"run": _cmd_run, "status": _cmd_status, "config": _cmd_config,
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one `edgeship` command; returns its exit code (the table is in EPILOG)."""
     args = build_parser().parse_args(argv)
-    from pipeline.config_load import ConfigError
-    from pipeline.stages.base import StageNotBuilt
-    from pipeline.stages.check import BudgetFailed
-    from pipeline.store import StoreLocked
+    from pipeline import logs
+    logs.configure(verbosity(args))
+    # Imported after parsing: `runtimes` loads numpy, and `edgeship --help` should not wait for it.
+    from runtimes.errors import ConfigError, EdgeshipError
     try:
         return COMMANDS[args.command](args)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except StageNotBuilt as e:
-        print(f"edgeship: {e}", file=sys.stderr)
-        return EXIT_NOT_BUILT
-    except StoreLocked as e:
-        print(f"edgeship: {e}", file=sys.stderr)
-        return EXIT_LOCKED
-    except BudgetFailed as e:
-        print(f"edgeship: {e}", file=sys.stderr)
-        return EXIT_BUDGET
+    except EdgeshipError as e:
+        print(f"{'config error' if isinstance(e, ConfigError) else 'edgeship'}: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("edgeship: interrupted; nothing half-written was committed", file=sys.stderr)
         return 130
-    except Exception as e:
-        if not _is_stage_failure(e):
-            raise
-        print(f"edgeship: {type(e).__name__}: {e}", file=sys.stderr)
-        return EXIT_STAGE
 
 
 if __name__ == "__main__":

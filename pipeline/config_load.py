@@ -9,10 +9,11 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pipeline.config import Config
+from runtimes import errors
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(ValueError, errors.ConfigError):
+    """A config file, key, value or --set override that cannot be used; the message names it."""
 
 
 def _submodel(model: type[BaseModel], name: str) -> type[BaseModel] | None:

@@ -1,6 +1,7 @@
 """Run the stages in order through the cache: a stage runs only when its key has no committed entry."""
 from __future__ import annotations
 
+import logging
 import platform
 import shutil
 import sys
@@ -14,6 +15,8 @@ from pipeline.hashing import sha256_json
 from pipeline.stages import STAGE_NAMES, STAGES
 from pipeline.stages.base import Context, Stage, StageNotBuilt
 from pipeline.store import Manifest, Store
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -96,8 +99,10 @@ def _execute(stage: Stage, cfg: Config, store: Store, key: str, inputs: dict[str
 
 
 def run(cfg: Config, target: str | None = None, force: frozenset[str] = frozenset(),
-        log=print, stages: tuple[Stage, ...] = STAGES) -> list[Outcome]:
-    """Run (or reuse) every stage up to `target`. Under torchrun only rank 0 writes the store."""
+        log=None, stages: tuple[Stage, ...] = STAGES) -> list[Outcome]:
+    """Run (or reuse) every stage up to `target`, reporting each through `log` (default: this
+    module's logger at INFO). Under torchrun only rank 0 writes the store."""
+    log = log or logger.info
     from pipeline.train.distributed import barrier, world
     w = world()
     store = Store(cfg.run.store)

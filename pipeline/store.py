@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.artifact import Artifact
+from runtimes import errors
 
 MANIFEST = "manifest.json"
 
 
-class StoreLocked(RuntimeError):
-    pass
+class StoreLocked(RuntimeError, errors.StoreError):
+    """Another process holds the store's lock; the message names its pid and host."""
 
 
 @dataclass

@@ -17,6 +17,29 @@ TINY_FINETUNE = [
 
 
 @pytest.fixture
+def restore_logging():
+    """Undo what `pipeline.logs.configure` (or a CLI `main()` call) did to the logging tree."""
+    import logging
+    from pipeline import logs
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    named = {n: logging.getLogger(n).level for n in (*logs.PROJECT, *logs.NOISY)}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, lvl in named.items():
+        logging.getLogger(name).setLevel(lvl)
+
+
+@pytest.fixture
+def stderr_logs(restore_logging):
+    """The CLI's logging setup (INFO lines on stderr), undone afterwards, for tests that read a
+    library's log lines from captured stderr as a user would see them."""
+    from pipeline import logs
+    logs.configure(0)
+
+
+@pytest.fixture
 def cli():
     """Build an `edgeship` command line run with this interpreter."""
     return lambda *args: [sys.executable, "-m", "pipeline", *args]

@@ -117,11 +117,11 @@ def test_cli_check_exits_5_on_a_tight_budget_and_commits_nothing(run, tmp_path, 
     done = _cli_check(run, tmp_path, cli, "check.max_size_mb=0.001")
     assert done.returncode == 5, done.stdout + done.stderr
     for stage in ("finetune", "distill", "prune", "quantize", "export", "benchmark", "report"):
-        assert f"{stage:<10} cached" in done.stdout      # only the gate ran
+        assert f"{stage:<10} cached" in done.stderr      # only the gate ran
     deployed = run["rows"][run["report"]["headline"]["deployed"]]
     expected = (f"FAIL max_size_mb: measured {deployed['size_bytes'] / 1e6:.3f} MB, limit <= 0.001 MB "
                 f"({deployed['id']})")
-    assert f"check: {expected}" in done.stdout
+    assert f"check: {expected}" in done.stderr
     assert f"edgeship: 1 budget(s) failed:\n  {expected}\nJUnit XML: {tmp_path / 'cli-junit.xml'}" in done.stderr
     failure = ET.parse(tmp_path / "cli-junit.xml").getroot().find("testsuite/testcase/failure")
     assert failure.get("message") == expected
@@ -132,13 +132,13 @@ def test_cli_check_passes_on_loose_budgets_and_republishes_when_cached(run, tmp_
     budgets = ("check.min_accuracy=50", "check.max_size_mb=100")
     done = _cli_check(run, tmp_path, cli, *budgets)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "check: 2 passed, 0 failed, 0 skipped" in done.stdout
+    assert "check: 2 passed, 0 failed, 0 skipped" in done.stderr
     suite = ET.parse(tmp_path / "cli-junit.xml").getroot().find("testsuite")
     assert suite.get("tests") == "2" and suite.get("failures") == "0"
     (tmp_path / "cli-junit.xml").unlink()             # a fresh CI checkout, the store cached
     again = _cli_check(run, tmp_path, cli, *budgets)
-    assert again.returncode == 0 and "check      cached" in again.stdout
-    assert "check: PASS min_accuracy: measured" in again.stdout
+    assert again.returncode == 0 and "check      cached" in again.stderr
+    assert "check: PASS min_accuracy: measured" in again.stderr
     assert ET.parse(tmp_path / "cli-junit.xml").getroot().find("testsuite").get("tests") == "2"
 
 

@@ -167,7 +167,7 @@ def test_negative_transfer_verdict_and_scratch_config():
     assert "NEGATIVE TRANSFER" in bad["warning"] and "82.50%" in bad["warning"] and "70.00%" in bad["warning"]
 
 
-def test_scratch_baseline_trains_and_warns(capsys):
+def test_scratch_baseline_trains_and_warns(capsys, stderr_logs):
     from pipeline.stages.negative_transfer import scratch_baseline
     cfg = _tiny_cfg()
     cfg.finetune.adaptation = Adaptation.none

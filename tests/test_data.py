@@ -101,8 +101,8 @@ def test_cli_reports_a_data_error_without_a_traceback(tmp_path):
         [sys.executable, "-m", "pipeline", "run", "finetune", "-c", "configs/imagefolder.yaml",
          "--set", f"data.root={root}", "--set", f"run.store={tmp_path / 'runs'}"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 6, done.stderr
-    assert done.stderr.strip().endswith(f"edgeship: DataError: data.root '{root}' has no 'val' folder "
+    assert done.returncode == 7, done.stderr
+    assert done.stderr.strip().endswith(f"edgeship: data.root '{root}' has no 'val' folder "
                                         f"(expected {root}/val/<class>/<image>)")
     assert "Traceback" not in done.stderr
     assert not any((tmp_path / "runs").glob("finetune/*/manifest.json"))

@@ -150,7 +150,7 @@ def test_distill_stage_end_to_end(cli, tiny_args, tmp_path):
     again = subprocess.run(cli("run", "distill", *args, "--set", "distill.alpha=0.5",
                                "--set", "distill.compare_alone=false"), capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "finetune   cached" in again.stdout and "distill    running" in again.stdout
+    assert "finetune   cached" in again.stderr and "distill    running" in again.stderr
     assert "teacher logits: cache hit" in again.stderr
     newest = max((tmp_path / "runs" / "distill").glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
     second = json.loads(newest.read_text())["metrics"]

@@ -51,9 +51,9 @@ def test_second_run_is_all_cached(store):
     proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "-c", CONFIG, "--set", f"run.store={store}",
                            "--set", f"check.junit={store.parent / 'junit.xml'}"],
                           capture_output=True, text=True, check=True)
-    lines = [line for line in proc.stdout.splitlines() if line.split() and line.split()[1] in
+    lines = [line for line in proc.stderr.splitlines() if len(line.split()) > 1 and line.split()[1] in
              ("cached", "running")]
-    assert len(lines) == 8 and all(line.split()[1] == "cached" for line in lines), proc.stdout
+    assert len(lines) == 8 and all(line.split()[1] == "cached" for line in lines), proc.stderr
 
 
 @pytest.mark.slow

@@ -81,5 +81,5 @@ def test_unlabelled_folder_adds_teacher_matched_batches(tmp_path):
     assert d["unlabelled_images"] == 9
     assert d["teacher_batches_run"] == 4              # 2 labelled steps, each with an unlabelled batch
     missing = _run(store, *base, f"distill.unlabelled_root={tmp_path / 'nowhere'}")
-    assert missing.returncode == 6 and "Traceback" not in missing.stderr
+    assert missing.returncode == 7 and "Traceback" not in missing.stderr
     assert f"distill.unlabelled_root '{tmp_path / 'nowhere'}' is not a folder" in missing.stderr

@@ -86,7 +86,7 @@ def test_html_is_self_contained_with_the_three_plots(run):
     assert "src=\"http" not in page and "<script" not in page
 
 
-def test_report_stage_prints_the_headline_and_where_the_report_is(run, capsys):
+def test_report_stage_prints_the_headline_and_where_the_report_is(run, capsys, stderr_logs):
     from pipeline.runner import _execute
     from pipeline.stages.report import STAGE
     from pipeline.store import Store
@@ -94,9 +94,9 @@ def test_report_stage_prints_the_headline_and_where_the_report_is(run, capsys):
     inputs = {k: v for k, v in run["manifests"].items() if k != "report"}
     with Store(run["root"]) as store:
         manifest = _execute(STAGE, cfg, store, "0123456789abcdef", inputs, True)
-    assert capsys.readouterr().out == ""               # the runner's publish step does the talking
+    assert capsys.readouterr().err == ""               # the runner's publish step does the talking
     STAGE.publish(manifest, cfg)
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert f"HEADLINE: {run['report']['headline']['text']}" in out
     assert f"report: {manifest.entry_dir / 'report.md'} (and report.json, report.html)" in out
     assert manifest.metrics["headline"]["deployed"] == run["report"]["headline"]["deployed"]

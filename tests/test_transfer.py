@@ -134,7 +134,7 @@ def test_threads_auto_resolves_to_usable_cores():
             Run(threads=bad)
 
 
-def test_fit_with_weight_average_keeps_the_scored_average(capsys):
+def test_fit_with_weight_average_keeps_the_scored_average(capsys, stderr_logs):
     from pipeline.config import DataSpec
     from pipeline.data import load_splits
     from pipeline.data.torch_dataset import TorchImageSet

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from pipeline.hashing import sha256_json
+from runtimes import errors
 
 
-class DataError(ValueError):
+class DataError(ValueError, errors.DataError):
     """A dataset that cannot be used as configured; the message names the path and the fix."""
 
 

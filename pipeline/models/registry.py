@@ -10,12 +10,13 @@ from pathlib import Path
 
 from calibration.preprocess import Preprocessing
 from pipeline.models.packaged import MEAN_STD, PACKAGED, packaged_state_dict
+from runtimes import errors
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-class ModelError(ValueError):
-    pass
+class ModelError(ValueError, errors.ConfigError):
+    """A backbone that cannot be built as configured (unknown name, weights not reachable offline)."""
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,16 @@ never an estimate from MACs).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
+from runtimes import errors
 
-class BudgetNotMet(RuntimeError):
+logger = logging.getLogger(__name__)
+
+
+class BudgetNotMet(RuntimeError, errors.StageFailed):
     """No candidate up to the search's maximum ratio met the latency budget."""
 
 
@@ -70,13 +75,14 @@ def search_ratio(probe: Callable[[float], dict], budget_ms: float, max_ratio: fl
 
 
 def search_budget(student, example, plan, protected: list[str], pre, probe, p, work_dir,
-                  log=print) -> BudgetSearch:
+                  log=None) -> BudgetSearch:
     """`search_ratio` over one-shot pruned copies of `student`, each exported to `work_dir` and
     timed with `probe` (a `LatencyProbe`): its median of `p.measure_rounds` rounds."""
     import copy
     from pipeline.prune.latency import export_candidate
     from pipeline.prune.structured import macs_and_params, prune_to_macs
 
+    log = log or logger.info
     macs0 = macs_and_params(student, example)[0]
 
     def probe_ratio(ratio: float) -> dict:

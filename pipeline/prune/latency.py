@@ -11,11 +11,12 @@ import numpy as np
 
 from calibration.preprocess import Preprocessing
 from pipeline.config import Prune, RuntimeName
+from runtimes import errors
 
 _WARMUP, _MIN_ITERATIONS = 10, 50
 
 
-class LatencyUnsupported(ValueError):
+class LatencyUnsupported(ValueError, errors.Unavailable):
     """The configured budget runtime cannot time a pruning candidate here."""
 
 

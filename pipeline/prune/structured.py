@@ -17,12 +17,13 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from pipeline.config import Importance, Prune
+from runtimes import errors
 
 _MAX_CHANNEL_RATIO = 0.95   # never search past removing 95 % of a layer's channels
 _BISECTIONS = 10            # 2**-10 of the channel-ratio range: finer than any round_to step
 
 
-class PruneError(ValueError):
+class PruneError(ValueError, errors.StageFailed):
     """A pruning request that cannot be met (unknown layer, unreachable MAC target, ...)."""
 
 

@@ -2,13 +2,14 @@
 
 Prints every budget with its measured value and limit, writes JUnit XML into the store entry and
 to `check.junit` (relative to the working directory) for CI systems to display, and raises
-BudgetFailed when any budget fails: the CLI exits with EXIT_BUDGET and nothing is committed,
+BudgetFailed when any budget fails: the CLI exits with code 5 and nothing is committed,
 so a failing check is never cached as passed. A passing check is cached; its `publish` step
 prints the verdicts and rewrites `check.junit` on every run, cache hits included.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -16,11 +17,14 @@ from pipeline.artifact import Artifact, Format
 from pipeline.config import Config
 from pipeline.stages.base import Context, Result, Stage
 from pipeline.store import Manifest
+from runtimes import errors
+
+logger = logging.getLogger(__name__)
 
 JUNIT, VERDICTS = "junit.xml", "check.json"
 
 
-class BudgetFailed(RuntimeError):
+class BudgetFailed(RuntimeError, errors.GateFailed):
     """One or more budgets failed; the message lists each with its measured value and limit."""
 
     def __init__(self, failures: list, junit: Path | None):
@@ -48,15 +52,15 @@ def _write_ci_copy(text: str, target: str) -> Path | None:
     return path
 
 
-def _print(verdicts: list[dict], ci: Path | None) -> None:
+def _log_verdicts(verdicts: list[dict], ci: Path | None) -> None:
     if not verdicts:
-        print("check: no budgets configured (set check.min_accuracy, check.max_accuracy_drop, "
-              "check.max_p90_ms, check.max_p90_vs_teacher or check.max_size_mb)", flush=True)
+        logger.info("check: no budgets configured (set check.min_accuracy, check.max_accuracy_drop, "
+                    "check.max_p90_ms, check.max_p90_vs_teacher or check.max_size_mb)")
     for v in verdicts:
-        print(f"check: {v['message']}", flush=True)
+        logger.info(f"check: {v['message']}")
     counts = {s: sum(v["status"] == s for v in verdicts) for s in ("pass", "fail", "skip")}
-    print(f"check: {counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped"
-          + (f"; JUnit XML: {ci}" if ci else ""), flush=True)
+    logger.info(f"check: {counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped"
+                + (f"; JUnit XML: {ci}" if ci else ""))
 
 
 def run(ctx: Context) -> Result:
@@ -71,7 +75,7 @@ def run(ctx: Context) -> Result:
     if failures:
         # Nothing is committed, so `publish` will not run: report and hand CI its file here.
         ci = _write_ci_copy(xml, ctx.cfg.check.junit)
-        _print([v.to_dict() for v in verdicts], ci)
+        _log_verdicts([v.to_dict() for v in verdicts], ci)
         raise BudgetFailed(failures, ci)
     (ctx.out_dir / VERDICTS).write_text(json.dumps([v.to_dict() for v in verdicts], indent=2))
     counts = {s: sum(v.status == s for v in verdicts) for s in (PASS, FAIL, SKIP)}
@@ -84,7 +88,7 @@ def publish(manifest: Manifest, cfg: Config) -> None:
     """After a passing check, and on every cache hit: print the verdicts and copy the JUnit XML
     to `check.junit`, so CI finds a fresh file even when nothing had to be re-evaluated."""
     ci = _write_ci_copy(manifest.path_of("junit").read_text(), cfg.check.junit)
-    _print(manifest.metrics.get("verdicts", []), ci)
+    _log_verdicts(manifest.metrics.get("verdicts", []), ci)
 
 
 STAGE = Stage(name="check", version=1, deps=("report",), params=params, run=run, publish=publish,

@@ -5,12 +5,14 @@ what distillation bought, next to the teacher's accuracy and both models' size a
 """
 from __future__ import annotations
 
-import sys
+import logging
 
 from pipeline.config import Augment, Config
 from pipeline.stages.base import Context, Result, Stage
 from pipeline.stages.common import (count_macs, count_params, data_params, load_model, save_model,
                                     setup_torch)
+
+logger = logging.getLogger(__name__)
 
 
 def params(cfg: Config) -> dict:
@@ -175,9 +177,9 @@ def run(ctx: Context) -> Result:
                                        "misses": cache.misses},
                "device": str(device)}
     if alone and result.best_top1 < alone.best_top1:
-        print(f"WARNING: the distilled student ({result.best_top1:.2f}%) is below the student trained "
-              f"alone ({alone.best_top1:.2f}%); try a higher distill.temperature or lower distill.alpha",
-              file=sys.stderr, flush=True)
+        logger.warning(f"the distilled student ({result.best_top1:.2f}%) is below the student trained "
+                       f"alone ({alone.best_top1:.2f}%); try a higher distill.temperature or lower "
+                       "distill.alpha")
     artifact = save_model(student, spec, pre, ctx.out_dir,
                           extra={"teacher_sha256": upstream.outputs["model"].sha256})
     return Result(outputs={"model": artifact}, metrics=metrics)

@@ -8,9 +8,11 @@ training time, and says so, loudly, when the scratch run wins.
 """
 from __future__ import annotations
 
-import sys
+import logging
 
 from pipeline.config import Config, Strategy
+
+logger = logging.getLogger(__name__)
 
 
 def scratch_config(cfg: Config) -> Config:
@@ -78,5 +80,5 @@ def scratch_baseline(cfg: Config, device, pretrained) -> dict:
                 "scratch_stopped_by_budget": result.stopped_by_time,
                 "budget": f"{SCRATCH_SHARE:.2f} of the pretrained run's {pretrained.seconds:.0f} s"})
     if out["negative_transfer"]:
-        print(f"WARNING: {out['warning']}", file=sys.stderr, flush=True)
+        logger.warning(out["warning"])
     return out

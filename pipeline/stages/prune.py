@@ -9,8 +9,8 @@ the unpruned student and every step's model are timed in one measurement run at 
 from __future__ import annotations
 
 import copy
+import logging
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -19,6 +19,8 @@ from pathlib import Path
 from pipeline.config import Config, Importance
 from pipeline.stages.base import Context, Result, Stage
 from pipeline.stages.common import data_params, load_model, setup_torch
+
+logger = logging.getLogger(__name__)
 
 
 def params(cfg: Config) -> dict:
@@ -33,7 +35,7 @@ def params(cfg: Config) -> dict:
 
 
 def _log(msg: str) -> None:
-    print(f"  prune: {msg}", file=sys.stderr, flush=True)
+    logger.info(f"  prune: {msg}")
 
 
 def _recovery_loss(ctx: Context, pre, splits, device):
@@ -260,7 +262,7 @@ def _accuracy_budget(steps: list[dict], kept: int, n: int, top1_0: float, max_dr
                           f"{steps[kept]['accuracy_drop_points']:.2f} points (> prune.max_accuracy_drop "
                           f"{max_drop:g}); shipping {shipped}. Lower prune.ratio, add prune.recover "
                           "epochs, or raise prune.max_accuracy_drop")
-        _log(f"WARNING: {out['warning']}")
+        logger.warning(f"prune: {out['warning']}")
     return out
 
 
@@ -268,9 +270,9 @@ def _budget_verdict(budget, after: dict, budget_ms: float, is_main: bool) -> dic
     """The search record plus whether the final run's measurement still meets the budget."""
     met = bool(after["latency"]) and after["latency"]["p50_ms"] <= budget_ms
     if is_main and not met:
-        _log(f"WARNING: the search's pick met {budget_ms} ms, but the final run measured "
-             f"{after['latency']['p50_ms']:.3f} ms (p50); the machine may be busier now than during "
-             "the search")
+        logger.warning(f"prune: the search's pick met {budget_ms} ms, but the final run measured "
+                       f"{after['latency']['p50_ms']:.3f} ms (p50); the machine may be busier now than "
+                       "during the search")
     return {**budget.to_dict(), "met_in_final_run": met}
 
 

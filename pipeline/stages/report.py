@@ -8,11 +8,14 @@ quantization, what export could not build) are carried into the report.
 from __future__ import annotations
 
 import json
+import logging
 
 from pipeline.artifact import Artifact, Format
 from pipeline.config import Config
 from pipeline.stages.base import Context, Result, Stage
 from pipeline.store import Manifest
+
+logger = logging.getLogger(__name__)
 
 REPORT_JSON, REPORT_MD, REPORT_HTML = "report.json", "report.md", "report.html"
 
@@ -55,12 +58,11 @@ def publish(manifest: Manifest, cfg: Config) -> None:
     so `make report` always ends with the headline."""
     report = json.loads(manifest.path_of("report_json").read_text())
     for warning in report["upstream"].get("warnings", []):
-        print(f"WARNING: {warning}", flush=True)
+        logger.warning(warning)
     h = report["headline"]
-    print(f"HEADLINE: {h['text']}" if h else
-          f"HEADLINE: none: no measured teacher row or deployable row on '{cfg.benchmark.target}'",
-          flush=True)
-    print(f"report: {manifest.entry_dir / REPORT_MD} (and report.json, report.html)", flush=True)
+    logger.info(f"HEADLINE: {h['text']}" if h else
+                f"HEADLINE: none: no measured teacher row or deployable row on '{cfg.benchmark.target}'")
+    logger.info(f"report: {manifest.entry_dir / REPORT_MD} (and report.json, report.html)")
 
 
 STAGE = Stage(name="report", version=1,

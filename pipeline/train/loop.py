@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import sys
 import time
@@ -14,6 +15,8 @@ import torch.nn.functional as F
 from pipeline.config import Train
 from pipeline.train.distributed import ShardedBatchSampler, World, all_reduce_sum, world
 from pipeline.train.freezing import freeze_frozen_norms
+
+logger = logging.getLogger(__name__)
 
 # loss_fn(model, x, y, idx, progress in [0, 1]) -> (loss, logits)
 LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, float],
@@ -164,7 +167,7 @@ def fit(model, train_set, val_set, cfg: Train, device: torch.device, seed: int,
         best.history.append({"epoch": 0, "val_top1": val["top1"], "val_loss": val["loss"], "seconds": 0.0})
         best.best_top1, best.best_epoch, best_state = val["top1"], 0, copy.deepcopy(model.state_dict())
         if w.is_main:
-            print(f"  {desc} start: val {val['top1']:.2f}%", file=sys.stderr, flush=True)
+            logger.info(f"  {desc} start: val {val['top1']:.2f}%")
     net, trainable, out_of_time = model, None, False
     for epoch in range(cfg.epochs):
         if on_epoch_start:
@@ -214,10 +217,10 @@ def fit(model, train_set, val_set, cfg: Train, device: torch.device, seed: int,
                "seconds": round(time.time() - start, 2)}
         best.history.append(row)
         if w.is_main:
-            print(f"  {desc} epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} "
-                  f"train {row['train_top1']:.2f}% val {val['top1']:.2f}%"
-                  + (" (weight average)" if average else "")
-                  + (" (time budget spent)" if out_of_time else ""), file=sys.stderr, flush=True)
+            logger.info(f"  {desc} epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} "
+                        f"train {row['train_top1']:.2f}% val {val['top1']:.2f}%"
+                        + (" (weight average)" if average else "")
+                        + (" (time budget spent)" if out_of_time else ""))
         if val["top1"] > best.best_top1:
             best.best_top1, best.best_epoch, since_best = val["top1"], epoch + 1, 0
             best_state = copy.deepcopy(scored.state_dict())

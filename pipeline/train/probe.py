@@ -7,12 +7,14 @@ random one, which matters most when there are only a few hundred images.
 """
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -121,7 +123,7 @@ def linear_probe(model, train_set, val_set, device, l2_grid: list[float], desc: 
     result = fit_probe(train, val, len(train_set.classes), l2_grid)
     load_head(model, result)
     result.seconds = time.time() - start
-    print(f"  {desc}: linear probe on {train[0].shape[1]} frozen features of {len(train_set)} images: "
-          f"val {result.val_top1:.2f}% (l2 {result.l2:g}; features {extract:.1f}s, fit "
-          f"{result.seconds - extract:.1f}s)", file=sys.stderr, flush=True)
+    logger.info(f"  {desc}: linear probe on {train[0].shape[1]} frozen features of {len(train_set)} images: "
+                f"val {result.val_top1:.2f}% (l2 {result.l2:g}; features {extract:.1f}s, fit "
+                f"{result.seconds - extract:.1f}s)")
     return result

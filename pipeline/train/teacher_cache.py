@@ -7,8 +7,8 @@ logits, because names and mtimes are not part of the key.
 """
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -16,6 +16,8 @@ import numpy as np
 
 from calibration.preprocess import Preprocessing
 from pipeline.hashing import sha256_json
+
+logger = logging.getLogger(__name__)
 
 CACHE_DIR = ("cache", "teacher-logits")
 
@@ -32,7 +34,7 @@ class TeacherLogitCache:
     def __init__(self, store_root: str | Path, log: Callable[[str], None] | None = None):
         self.folder = Path(store_root).joinpath(*CACHE_DIR)
         self.hits = self.misses = 0
-        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.log = log or logger.info
 
     def path(self, key: str) -> Path:
         return self.folder / f"{key}.npy"
