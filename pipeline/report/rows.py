@@ -8,7 +8,7 @@ says "failed" and the error, and the others are still measured.
 """
 from __future__ import annotations
 
-import sys
+import logging
 import time
 import traceback
 
@@ -26,8 +26,11 @@ LATENCY_FIELDS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "stdev_ms", "min_ms",
                   "throughput_ips", "iterations", "total_s", "peak_rss_mb", "peak_gpu_mb", "timer")
 
 
+_logger = logging.getLogger(__name__)
+
+
 def _log(msg: str) -> None:
-    print(f"  benchmark: {msg}", file=sys.stderr, flush=True)
+    _logger.info("  benchmark: %s", msg)
 
 
 def row_id(artifact: str, runtime: str, device: str, batch: int | None) -> str:

@@ -8,12 +8,15 @@ baseline) and the deployed candidates are measured in the same run, on the same 
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 from pipeline.artifact import Artifact, Format
 from pipeline.config import Config
 from pipeline.stages.base import Context, Result, Stage
 from pipeline.stages.common import data_params
+
+log = logging.getLogger(__name__)
 
 RESULTS = "results.json"
 # Fields of cfg.benchmark that only pick the headline from measured rows: the report reads them.
@@ -36,8 +39,8 @@ def run(ctx: Context) -> Result:
     path = ctx.out_dir / RESULTS
     path.write_text(json.dumps(results, indent=2, default=str))
     counts = summary(rows)
-    print(f"benchmark: {counts['ok']} rows measured, {counts['unavailable']} unavailable here, "
-          f"{counts['failed']} failed, in {results['seconds']:.0f} s", flush=True)
+    log.info("benchmark: %d rows measured, %d unavailable here, %d failed, in %.0f s",
+             counts["ok"], counts["unavailable"], counts["failed"], results["seconds"])
     return Result(outputs={"results": Artifact.of(ctx.out_dir, path, Format.data)},
                   metrics={**counts, "seconds": results["seconds"]})
 
