@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from calibration.preprocess import Preprocessing
+from pipeline.models.checkpoint import load_weights
 from pipeline.models.packaged import MEAN_STD, PACKAGED, packaged_state_dict
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -107,7 +108,6 @@ def build_model(spec: ModelSpec, weights: str = "pretrained"):
     if weights in ("pretrained", "none"):
         return _create(spec, pretrained=weights == "pretrained")
     model = _create(spec, pretrained=False)
-    from pipeline.models.checkpoint import load_weights
     load_weights(model, Path(weights), skip_mismatched=True)
     return model
 
