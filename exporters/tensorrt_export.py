@@ -18,9 +18,10 @@ from typing import Callable
 
 import numpy as np
 
+from calibration.hashing import sha256_file
 from exporters.onnx_export import check_preprocessing_matches, parity_against_onnx
 from exporters.parity import RunFn, run_in_chunks
-from exporters.spec import ExportError, ExportSpec, ExportUnavailable, Precision, publish, sha256_file, staging_dir
+from exporters.spec import ExportError, ExportSpec, ExportUnavailable, Precision, publish, staging_dir
 
 # Bump when the way engines are built changes, so cached engines built the old way are not reused.
 BUILD_RECIPE = 1
