@@ -7,7 +7,7 @@ import sys
 
 from pipeline.stage_order import STAGE_NAMES
 
-EXIT_FAIL, EXIT_USAGE, EXIT_NOT_BUILT, EXIT_LOCKED = 1, 2, 3, 4
+EXIT_FAIL, EXIT_USAGE, EXIT_LOCKED = 1, 2, 4
 EXIT_BUDGET = 5   # `edgeship run check`: a budget failed (see the JUnit XML)
 EXIT_STAGE = 6    # a stage refused its input or could not meet its goal; the message says why
 
@@ -44,7 +44,7 @@ examples:
   edgeship status -c configs/default.yaml           cached / stale / not run
 
 exit codes:
-  0 done   1 unexpected error   2 bad config or usage   3 stage not built   4 store locked
+  0 done   1 unexpected error   2 bad config or usage   4 store locked
   5 a check budget failed   6 a stage refused its input or missed its goal (message says why)
 """
 
@@ -133,7 +133,6 @@ COMMANDS = {"run": _cmd_run, "status": _cmd_status, "config": _cmd_config,
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pipeline.config_load import ConfigError
-    from pipeline.stages.base import StageNotBuilt
     from pipeline.stages.check import BudgetFailed
     from pipeline.store import StoreLocked
     try:
@@ -141,9 +140,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except StageNotBuilt as e:
-        print(f"edgeship: {e}", file=sys.stderr)
-        return EXIT_NOT_BUILT
     except StoreLocked as e:
         print(f"edgeship: {e}", file=sys.stderr)
         return EXIT_LOCKED
