@@ -16,9 +16,10 @@ from typing import Callable
 
 import numpy as np
 
+from calibration.hashing import sha256_file
 from calibration.preprocess import Preprocessing
 from exporters.parity import ParityResult, compare_logits
-from exporters.spec import Precision, sha256_file
+from exporters.spec import Precision
 from runtimes import errors, formats
 from runtimes.execution import run_in_chunks
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterable
 
 from calibration.source import CalibrationSource
+from runtimes.environment import cpu_has_vnni
 
 QUANTIZABLE_LAYER_TYPES = ("Conv", "Gemm", "MatMul")
 _PREPROCESSED_KEY, _PREPROCESSED_VALUE = "onnx.quant.pre_process", "onnxruntime.quant"
@@ -47,25 +48,6 @@ def parse_enum(kind: type[enum.Enum], value, what: str):
         return kind(str(value).lower())
     except ValueError:
         raise ValueError(f"{what} {value!r} is not one of {[m.value for m in kind]}") from None
-
-
-def cpu_flags(cpuinfo: str | None = None) -> set[str]:
-    """The CPU feature flags from /proc/cpuinfo (empty where there is no such file)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return set()
-
-
-def cpu_has_vnni(cpuinfo: str | None = None) -> bool:
-    """True when the CPU has an 8-bit dot-product instruction (AVX512-VNNI or AVX-VNNI)."""
-    return bool(cpu_flags(cpuinfo) & {"avx512_vnni", "avx_vnni"})
 
 
 def choose_scheme(scheme: QuantScheme | str | None = None, cpuinfo: str | None = None) -> tuple[QuantScheme, str]:

@@ -19,12 +19,12 @@ from exporters.onnx_int8 import (
     QuantScheme,
     check_node_names,
     choose_scheme,
-    cpu_has_vnni,
     keep_layers_float,
     parse_enum,
     qdq_summary,
     single_input_name,
 )
+from runtimes.environment import cpu_has_vnni
 
 
 def nncf_unavailable() -> str | None:

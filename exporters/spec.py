@@ -6,7 +6,6 @@ compares strings.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -135,12 +134,3 @@ def publish(staged: Path, final: Path) -> Path:
         raise ExportError(f"export wrote no data to {staged.name}: expected a non-empty file for {final}")
     os.replace(staged, final)
     return final
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's content, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()

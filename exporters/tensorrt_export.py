@@ -18,9 +18,10 @@ from typing import Callable
 
 import numpy as np
 
+from calibration.hashing import sha256_file
 from exporters.onnx_export import check_preprocessing_matches, parity_against_onnx
+from exporters.spec import ExportError, ExportSpec, ExportUnavailable, Precision, publish, staging_dir
 from runtimes.execution import open_model
-from exporters.spec import ExportError, ExportSpec, ExportUnavailable, Precision, publish, sha256_file, staging_dir
 
 # Bump when the way engines are built changes, so cached engines built the old way are not reused.
 BUILD_RECIPE = 1

@@ -5,18 +5,11 @@ import argparse
 import json
 import sys
 
-from pipeline.stage_order import STAGE_NAMES
+from pipeline.stage_order import STAGE_NAMES, stage_list
 
-EPILOG = """\
+EPILOG = f"""\
 stages, in order (each reads the manifests of the ones before it):
-  finetune   fine-tune a pretrained backbone on your data (the teacher)
-  distill    distil the teacher into a compact student
-  prune      structured channel pruning of the student, accuracy recovered
-  quantize   INT8 Q/DQ ONNX from calibration data, accuracy-aware
-  export     ONNX, OpenVINO IR and TensorRT engines, each checked against the source
-  benchmark  accuracy and latency of every artifact on every runtime
-  report     report.json / .md / .html
-  check      budgets -> exit code (CI gate)
+{stage_list()}
 
 examples:
   edgeship run -c configs/default.yaml              the whole pipeline

@@ -6,13 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+from calibration.hashing import sha256_file
 
 
 def sha256_tree(path: str | Path) -> str:

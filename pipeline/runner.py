@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import platform
 import shutil
 import sys
 import tempfile
@@ -12,9 +11,11 @@ from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.hashing import sha256_json
-from pipeline.stages import STAGE_NAMES, STAGES
-from pipeline.stages.base import Context, Stage, StageNotBuilt
+from pipeline.stage_order import STAGE_NAMES
+from pipeline.stages import STAGES
+from pipeline.stages.base import Context, Stage
 from pipeline.store import Manifest, Store
+from runtimes.environment import machine_fingerprint, software_environment
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +33,6 @@ def _stage(name: str, stages: tuple[Stage, ...] = STAGES) -> Stage:
     for s in stages:
         if s.name == name:
             return s
-    if name in STAGE_NAMES:
-        raise StageNotBuilt(f"stage '{name}' is not built yet in this version of edgeship")
     raise ValueError(f"unknown stage '{name}' (stages: {', '.join(STAGE_NAMES)})")
 
 
@@ -58,21 +57,8 @@ def stage_key(stage: Stage, cfg: Config, inputs: dict[str, Manifest]) -> str:
                    for d, m in sorted(inputs.items())},
     }
     if stage.machine_dependent:
-        from pipeline.environment import environment_fingerprint
-        material["environment"] = environment_fingerprint()
+        material["environment"] = machine_fingerprint()
     return sha256_json(material)[:16]
-
-
-def _light_environment() -> dict:
-    import importlib.metadata as md
-    versions = {}
-    for pkg in ("torch", "timm", "onnx", "onnxruntime", "openvino", "nncf", "torch-pruning"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            versions[pkg] = None
-    return {"python": platform.python_version(), "platform": platform.platform(),
-            "machine": platform.machine(), "packages": versions}
 
 
 def _execute(stage: Stage, cfg: Config, store: Store, key: str, inputs: dict[str, Manifest],
@@ -93,7 +79,7 @@ def _execute(stage: Stage, cfg: Config, store: Store, key: str, inputs: dict[str
         stage=stage.name, version=stage.version, key=key, params=stage.params(cfg),
         inputs={d: {"key": m.key, "outputs": {k: a.sha256 for k, a in m.outputs.items()}}
                 for d, m in inputs.items()},
-        outputs=result.outputs, metrics=result.metrics, environment=_light_environment(),
+        outputs=result.outputs, metrics=result.metrics, environment=software_environment(),
         timings={"started": started, "finished": finished, "seconds": round(finished - started, 3)})
     return store.commit(staging, manifest)
 
@@ -135,10 +121,6 @@ def run(cfg: Config, target: str | None = None, force: frozenset[str] = frozense
             manifests[stage.name] = manifest
             if stage.publish and w.is_main:
                 stage.publish(manifest, cfg)
-    if target is None:
-        for name in STAGE_NAMES:
-            if not any(s.name == name for s in stages):
-                log(f"{name:<10} not built yet in this version of edgeship")
     return outcomes
 
 
@@ -159,12 +141,8 @@ def status(cfg: Config, stages: tuple[Stage, ...] = STAGES) -> list[Outcome]:
     store = Store(cfg.run.store)
     manifests: dict[str, Manifest] = {}
     out = []
-    for name in STAGE_NAMES:
-        try:
-            stage = _stage(name, stages)
-        except StageNotBuilt:
-            out.append(Outcome(name, "not built", None))
-            continue
+    for stage in stages:
+        name = stage.name
         if any(d not in manifests for d in stage.deps):
             older = store.entries(name)
             out.append(Outcome(name, "stale" if older else "waiting", None,

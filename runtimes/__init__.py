@@ -26,9 +26,10 @@ def get(name: str) -> ModuleType:
         raise KeyError(f"unknown runtime {name!r}; known runtimes: {', '.join(RUNTIMES)}") from None
 
 
-def for_format(fmt: str) -> list[ModuleType]:
-    """Runtimes that can run artifacts of format `fmt` ("torch", "onnx", "openvino", "tensorrt")."""
-    return [module for module in RUNTIMES.values() if fmt in module.FORMATS]
+def for_format(fmt) -> list[ModuleType]:
+    """Runtimes that can run artifacts of format `fmt` (a name such as "onnx", or a str enum)."""
+    name = str(getattr(fmt, "value", fmt)).lower()
+    return [module for module in RUNTIMES.values() if name in module.FORMATS]
 
 
 def describe() -> list[dict]:

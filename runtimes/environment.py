@@ -1,10 +1,13 @@
-"""The machine a measurement was taken on, recorded next to every latency number.
+"""The machine and software a result was produced on: the one environment record.
 
+`describe_environment` goes next to every latency number, `machine_fingerprint` joins the cache
+key of machine-dependent stages, and `software_environment` goes into every stage manifest.
 Everything here is best effort: a missing file, tool or library becomes None (or is left
 out), never an exception, because a benchmark must not fail for lack of a thermal sensor.
 """
 from __future__ import annotations
 
+import copy
 import glob
 import importlib.metadata
 import os
@@ -12,6 +15,7 @@ import platform
 import shutil
 import subprocess
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 # x86 features that decide which kernels run (VNNI/AMX: int8 dot products; AVX-512: width),
@@ -19,11 +23,16 @@ from pathlib import Path
 FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
                      "amx_tile", "amx_int8", "amx_bf16",
                      "asimd", "asimddp", "asimdhp", "i8mm", "bf16", "sve")
+# Report name -> the distributions that provide it (the first one installed wins).
 _PACKAGES = {
     "numpy": ("numpy",), "torch": ("torch",), "onnx": ("onnx",), "onnxruntime":
     ("onnxruntime", "onnxruntime-gpu"), "openvino": ("openvino",),
     "tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11"),
+    "timm": ("timm",), "nncf": ("nncf",), "torch-pruning": ("torch-pruning",),
 }
+# The libraries that change a latency number, and those that change what a stage produces.
+RUNTIME_PACKAGES = ("numpy", "torch", "onnx", "onnxruntime", "openvino", "tensorrt")
+PIPELINE_PACKAGES = ("torch", "timm", "onnx", "onnxruntime", "openvino", "nncf", "torch-pruning")
 _NVIDIA_SMI_FIELDS = ("name", "driver_version", "memory.total", "clocks.sm", "clocks.mem",
                       "clocks.max.sm", "temperature.gpu", "power.limit", "pstate")
 
@@ -45,10 +54,13 @@ def _run(cmd: list[str], timeout: float = 5.0) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def _cpuinfo() -> dict[str, str]:
-    """First processor's fields from /proc/cpuinfo ("model name", "flags" / "Features", ...)."""
+def _cpuinfo(text: str | None = None) -> dict[str, str]:
+    """First processor's fields from /proc/cpuinfo, or from `text` in its format ("model name",
+    "flags" / "Features", ...)."""
     fields: dict[str, str] = {}
-    for line in (_read("/proc/cpuinfo") or "").splitlines():
+    if text is None:
+        text = _read("/proc/cpuinfo") or ""
+    for line in text.splitlines():
         if not line.strip():
             if fields:
                 break
@@ -58,20 +70,22 @@ def _cpuinfo() -> dict[str, str]:
     return fields
 
 
-def cpu_flags() -> set[str]:
-    """CPU feature flags of this machine (lower-case; empty where they cannot be read)."""
-    info = _cpuinfo()
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """CPU feature flags of this machine, or of `cpuinfo` (text in /proc/cpuinfo's format);
+    lower-case, empty where they cannot be read."""
+    info = _cpuinfo(cpuinfo)
     return set((info.get("flags") or info.get("Features") or "").lower().split())
 
 
-def cpu_has_vnni() -> bool:
+def cpu_has_vnni(cpuinfo: str | None = None) -> bool:
     """True on x86 CPUs with VNNI (AVX512-VNNI or AVX-VNNI) int8 dot-product instructions.
 
     Without VNNI, x86 int8 kernels multiply u8 activations by s8 weights with an instruction
     whose 16-bit intermediate sums can saturate, so quantization should then restrict weights
     to 7 bits (reduce_range). False on non-x86 CPUs, where the question does not arise.
+    `cpuinfo`: /proc/cpuinfo's text of another machine (default: this one).
     """
-    flags = cpu_flags()
+    flags = cpu_flags(cpuinfo)
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
@@ -116,18 +130,18 @@ def _cpu() -> dict:
     }
 
 
-def package_versions() -> dict[str, str | None]:
-    """Versions of the numeric and inference libraries, None for those not installed."""
+def package_versions(names: tuple[str, ...] = RUNTIME_PACKAGES) -> dict[str, str | None]:
+    """Versions of the named libraries (default: numeric and inference), None for those not installed."""
     versions: dict[str, str | None] = {}
-    for name, dists in _PACKAGES.items():
+    for name in names:
         versions[name] = None
-        for dist in dists:
+        for dist in _PACKAGES[name]:
             try:
                 versions[name] = importlib.metadata.version(dist)
                 break
             except importlib.metadata.PackageNotFoundError:
                 continue
-    if versions["tensorrt"] is None and Path("/etc/nv_tegra_release").exists():
+    if "tensorrt" in versions and versions["tensorrt"] is None and Path("/etc/nv_tegra_release").exists():
         # JetPack installs TensorRT's Python bindings without package metadata.
         try:
             import tensorrt
@@ -229,3 +243,21 @@ def fingerprint(env: dict) -> dict:
         "python": env.get("python"),
         "threads": env.get("threads"),
     }
+
+
+@lru_cache(maxsize=1)
+def _machine_fingerprint() -> dict:
+    # Probing runs nvidia-smi and imports torch: once per process is enough.
+    return fingerprint(describe_environment())
+
+
+def machine_fingerprint() -> dict:
+    """`fingerprint(describe_environment())` of this machine, probed once per process (a fresh
+    copy each call): the cache-key part of machine-dependent stages."""
+    return copy.deepcopy(_machine_fingerprint())
+
+
+def software_environment() -> dict:
+    """The light record every stage manifest carries: Python, platform and pipeline library versions."""
+    return {"python": platform.python_version(), "platform": platform.platform(),
+            "machine": platform.machine(), "packages": package_versions(PIPELINE_PACKAGES)}

@@ -66,7 +66,7 @@ def open_model(model: Any, fmt: Any, runtime: str | None = None, device: str | N
     module = runtimes.get(runtime or handler.scoring_runtime)
     if handler.name not in module.FORMATS:
         raise ValueError(f"runtime {module.NAME} cannot run {handler.name} models; runtimes that "
-                         f"can: {', '.join(m.NAME for m in handler.runtimes()) or 'none'}")
+                         f"can: {', '.join(m.NAME for m in runtimes.for_format(handler.name)) or 'none'}")
     device = device or module.DEFAULT_DEVICE
     pinning = getattr(module, "pinned_options", None)
     options = pinning(precision, device) if pin and pinning else {}

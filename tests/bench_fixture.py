@@ -68,7 +68,7 @@ def _commit(store, cfg, stage: str, inputs: dict, make, metrics: dict | None = N
 def _torch_model(store, cfg, stage: str, inputs: dict, arch: str, splits, seed: int, model=None):
     import torch
     from pipeline.models.registry import ModelSpec, build_model, model_preprocessing
-    from pipeline.stages.common import save_model
+    from pipeline.models.loading import save_model
     torch.manual_seed(seed)
     spec = ModelSpec(arch, len(splits.classes))
     pre = model_preprocessing(spec, splits.classes, INPUT, 1.0)

@@ -178,9 +178,8 @@ def test_benchmark_stage_writes_results_with_the_environment(fixture, tmp_path):
 
 
 def test_environment_fingerprint_is_stable_and_machine_specific():
-    from pipeline.environment import environment_fingerprint
-    from runtimes.environment import describe_environment, fingerprint
-    a, b = environment_fingerprint(), environment_fingerprint()
+    from runtimes.environment import describe_environment, fingerprint, machine_fingerprint
+    a, b = machine_fingerprint(), machine_fingerprint()
     assert a == b and a == fingerprint(describe_environment())
     a["cpu"]["model"] = "changed"                        # callers get a copy, not the cache
-    assert environment_fingerprint()["cpu"]["model"] != "changed"
+    assert machine_fingerprint()["cpu"]["model"] != "changed"

@@ -152,7 +152,7 @@ def test_target_top1_scores_held_out_split():
 
 
 def test_negative_transfer_verdict_and_scratch_config():
-    from pipeline.stages.negative_transfer import scratch_config, verdict
+    from pipeline.train.negative_transfer import scratch_config, verdict
     cfg = Config()
     cfg.finetune.strategy, cfg.finetune.layer_decay = Strategy.gradual_unfreeze, 0.7
     scratch = scratch_config(cfg)
@@ -168,7 +168,7 @@ def test_negative_transfer_verdict_and_scratch_config():
 
 
 def test_scratch_baseline_trains_and_warns(capsys, stderr_logs):
-    from pipeline.stages.negative_transfer import scratch_baseline
+    from pipeline.train.negative_transfer import scratch_baseline
     cfg = _tiny_cfg()
     cfg.finetune.adaptation = Adaptation.none
     cfg.finetune.train.augment.random_resized_crop = None
@@ -182,7 +182,7 @@ def test_scratch_baseline_trains_and_warns(capsys, stderr_logs):
 
 
 def test_scratch_run_stops_at_its_time_budget():
-    from pipeline.stages.negative_transfer import best_within, scratch_baseline
+    from pipeline.train.negative_transfer import best_within, scratch_baseline
     cfg = _tiny_cfg()
     cfg.finetune.adaptation = Adaptation.none
     cfg.finetune.train.epochs = 50

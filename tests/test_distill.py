@@ -10,8 +10,8 @@ from pipeline.config import Augment, DataKind, DataSpec
 from pipeline.data import load_splits
 from pipeline.data.torch_dataset import TorchImageSet
 from pipeline.models.registry import ModelSpec, build_model, model_preprocessing
-from pipeline.stages.distill import DistillLoss, Renormalize, augmentation_on
-from pipeline.train.teacher_cache import TeacherLogitCache, cache_key, teacher_logits
+from pipeline.train.distill_loss import DistillLoss, Renormalize
+from pipeline.train.teacher_cache import TeacherLogitCache, augmentation_on, cache_key, teacher_logits
 
 CLASSES = [str(d) for d in range(10)]
 

@@ -13,7 +13,7 @@ from pipeline.config import RuntimeName
 from pipeline.config_load import load_config
 from pipeline.models.registry import ModelSpec, build_model, model_preprocessing
 from pipeline.prune.budget import BudgetNotMet, search_budget, search_ratio
-from pipeline.prune.checkpoint import save_pruned_model
+from pipeline.models.pruned import save_pruned_model
 from pipeline.prune.latency import LatencyProbe
 from pipeline.prune.structured import (IterativePruner, PruneError, PrunePlan, channel_ratio_for,
                                        macs_and_params, protected_layers, prune_to_macs)
@@ -120,7 +120,7 @@ def test_pruned_checkpoint_round_trip_in_a_fresh_process(tmp_path):
     with torch.no_grad():
         expected = model(x).numpy()
     code = ("import sys, numpy as np, torch; torch.set_num_threads(1); "
-            "from pipeline.models.checkpoint import load_checkpoint; "
+            "from pipeline.models.loading import load_checkpoint; "
             "m = load_checkpoint(sys.argv[1]); x = torch.from_numpy(np.load(sys.argv[2])); "
             "np.save(sys.argv[3], m(x).detach().numpy()); "
             "print(m.blocks[3][0].conv_pw.out_channels)")
@@ -160,7 +160,7 @@ def test_budget_not_met_names_the_best_reached(tmp_path):
 def test_prune_stage_end_to_end(tmp_path):
     """finetune/distill entries with tiny models, then the stage: MACs, latency, accuracy, reload."""
     from pipeline.stages.base import Context
-    from pipeline.stages.common import load_model, save_model
+    from pipeline.models.loading import load_model, save_model
     from pipeline.stages.prune import STAGE
     from pipeline.store import Manifest, Store
 
@@ -214,7 +214,7 @@ def test_prune_stage_backs_off_when_a_step_loses_too_much(tmp_path, monkeypatch)
     from pipeline.data.torch_dataset import TorchImageSet
     from pipeline.models.layers import param_groups
     from pipeline.stages.base import Context
-    from pipeline.stages.common import load_model, save_model
+    from pipeline.models.loading import load_model, save_model
     from pipeline.stages.prune import STAGE
     from pipeline.store import Manifest, Store
     from pipeline.train.loop import evaluate, fit

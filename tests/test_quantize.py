@@ -18,8 +18,9 @@ from PIL import Image
 
 from calibration.preprocess import Preprocessing
 from calibration.source import CalibrationSource
-from exporters.onnx_int8 import QuantScheme, choose_scheme, cpu_has_vnni, quantize_onnx
+from exporters.onnx_int8 import QuantScheme, choose_scheme, quantize_onnx
 from exporters.quant_sensitivity import QuantizationBudgetError, accuracy_aware_quantize
+from runtimes.environment import cpu_has_vnni
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")

@@ -82,7 +82,7 @@ def test_exporter_edge_contract(edge):
     assert src in formats.FORMATS and dst in formats.FORMATS
     assert list(inspect.signature(EXPORTERS[edge]).parameters)[1:] == ["out_dir", "spec"]  # (src, out_dir, spec)
     assert formats.get(dst).deployable, f"{dst} is exported, so it ships"
-    assert formats.get(dst).runtimes(), f"no runtime serves {dst}: its exports could not be checked"
+    assert runtimes.for_format(dst), f"no runtime serves {dst}: its exports could not be checked"
 
 
 def test_unknown_edge_names_the_known_ones(tmp_path):
@@ -95,7 +95,7 @@ def test_unknown_edge_names_the_known_ones(tmp_path):
 def test_format_handler_contract(name, models):
     handler = formats.get(name)
     assert handler.name == name and formats.get(name.upper()) is handler
-    assert handler.scoring_runtime in {m.NAME for m in handler.runtimes()}, \
+    assert handler.scoring_runtime in {m.NAME for m in runtimes.for_format(name)}, \
         f"{name}'s scoring runtime {handler.scoring_runtime} does not serve it"
     for suffix in handler.suffixes:
         assert formats.for_file(Path("model" + suffix)) is handler

@@ -47,7 +47,7 @@ def test_auto_rules():
 def test_lp_ft_never_ships_worse_than_its_probe():
     """A fine-tuning phase with a destructive learning rate: the probed head is kept."""
     from pipeline.config import Config
-    from pipeline.stages.finetune import train_teacher
+    from pipeline.train.teacher import train_teacher
     cfg = Config()
     ft = cfg.finetune
     ft.backbone, ft.input_size, ft.crop_pct, ft.drop_rate = "efficientnet_lite0", 32, 1.0, 0.0

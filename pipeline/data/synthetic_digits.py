@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from calibration.hashing import sha256_file
 from pipeline.config import DataSpec
 from pipeline.data.imageset import (DataError, ImageSet, Splits, derive_seed, split_fingerprint,
                                     stratified_split)
-from pipeline.hashing import sha256_file, sha256_json
+from pipeline.hashing import sha256_json
 
 RENDER_VERSION = 1           # bump when the renderer's output changes
 SIZE = 32                    # output side

@@ -26,7 +26,7 @@ REFERENCE = {"shift": "Syn Numbers -> SVHN (Ganin et al., JMLR 2016)", "source_o
 def run_arm(cfg: Config, adaptation: Adaptation, seed: int) -> dict:
     """Train one model (one arm, one seed) and score it on source val and target held-out images."""
     from pipeline.stages.common import setup_torch
-    from pipeline.stages.finetune import train_teacher
+    from pipeline.train.teacher import train_teacher
     from pipeline.train.dann import target_top1
     arm = cfg.model_copy(deep=True)
     arm.run.seed = seed

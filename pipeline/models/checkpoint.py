@@ -43,14 +43,3 @@ def load_weights(model, path: Path, skip_mismatched: bool = False) -> None:
         state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(state, strict=not skip_mismatched)
 
-
-def load_checkpoint(ckpt_dir: Path):
-    """Rebuild a model from a checkpoint folder written by save_checkpoint (pruned ones too)."""
-    from pipeline.models.registry import ModelSpec, build_model
-    desc = read_description(ckpt_dir)
-    model = build_model(ModelSpec.from_dict(desc["spec"]), weights="none")
-    if desc.get("pruned"):  # narrower layers than the spec builds: see pipeline.prune.checkpoint
-        from pipeline.prune.checkpoint import restore_pruned
-        restore_pruned(model, Path(ckpt_dir))
-    load_weights(model, Path(ckpt_dir) / WEIGHTS)
-    return model.eval()

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from calibration.preprocess import Preprocessing
+from pipeline.models.checkpoint import load_weights
 from pipeline.models.packaged import MEAN_STD, PACKAGED, packaged_state_dict
 from runtimes import errors
 
@@ -108,7 +109,6 @@ def build_model(spec: ModelSpec, weights: str = "pretrained"):
     if weights in ("pretrained", "none"):
         return _create(spec, pretrained=weights == "pretrained")
     model = _create(spec, pretrained=False)
-    from pipeline.models.checkpoint import load_weights
     load_weights(model, Path(weights), skip_mismatched=True)
     return model
 

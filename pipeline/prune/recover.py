@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from pipeline.config import Train
+from pipeline.train.loop import Indexed
 
 TAYLOR_BATCHES = 4   # batches of the recovery batch size whose gradients score channels (taylor)
 BN_BATCHES = 8       # batches that re-estimate BatchNorm statistics after each pruning step
@@ -18,7 +19,7 @@ def accumulate_gradients(model, loss_fn, dataset, batch_size: int, device,
     was_training = model.training
     model.to(device).eval()
     model.zero_grad(set_to_none=True)
-    loader = torch.utils.data.DataLoader(_Indexed(dataset), batch_size=batch_size, shuffle=False)
+    loader = torch.utils.data.DataLoader(Indexed(dataset), batch_size=batch_size, shuffle=False)
     seen = 0
     for i, (x, y, idx) in enumerate(loader):
         if i >= batches:
@@ -74,14 +75,3 @@ def recover(model, train_set, val_set, cfg: Train, device, seed: int, loss_fn, d
     return fit(model, train_set, val_set, cfg, device, seed, groups, loss_fn=loss_fn, desc=desc,
                num_workers=num_workers, start_is_candidate=True)
 
-
-class _Indexed(torch.utils.data.Dataset):
-    def __init__(self, ds):
-        self.ds = ds
-
-    def __len__(self):
-        return len(self.ds)
-
-    def __getitem__(self, i):
-        x, y = self.ds[i]
-        return x, y, i

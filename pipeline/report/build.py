@@ -9,10 +9,11 @@ from pipeline.report.headline import headlines
 from pipeline.report.pareto import mark_pareto
 from pipeline.report.targets import device_family, is_reference
 from pipeline.report.upstream import upstream_notes
+from pipeline.stage_order import STAGE_NAMES
 from pipeline.store import Manifest
 
 SCHEMA = 1
-STAGE_ORDER = ("finetune", "distill", "prune", "quantize", "export")
+STAGE_ORDER = STAGE_NAMES[:STAGE_NAMES.index("export") + 1]   # the stages whose outputs are models
 MB = 1e6   # sizes are reported in MB of 10^6 bytes, budgets too
 
 

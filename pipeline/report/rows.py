@@ -51,7 +51,7 @@ class TorchModels:
 
     def model(self, name: str):
         if name not in self._models:
-            from pipeline.stages.common import load_model
+            from pipeline.models.loading import load_model
             cand = self._cands[name]
             self._models[name] = load_model(cand.manifest, cand.output)[0]
         return self._models[name]
@@ -61,7 +61,7 @@ class TorchModels:
         if name not in self._cands:
             return None, None
         if name not in self._counts:
-            from pipeline.stages.common import count_macs, count_params
+            from pipeline.models.cost import count_macs, count_params
             model = self.model(name)
             self._counts[name] = (count_params(model), count_macs(model, self._cands[name].preprocessing))
         return self._counts[name]

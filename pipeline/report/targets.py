@@ -60,10 +60,10 @@ def _reason(module, device: str, bench: Benchmark) -> str | None:
 
 def targets_for(fmt: Format, bench: Benchmark) -> list[Target]:
     """The (runtime, device) pairs for artifacts of `fmt`, among the configured runtimes."""
-    from runtimes import formats
+    import runtimes
     wanted = {r.value for r in bench.runtimes}
     out = []
-    for module in formats.get(fmt).runtimes():
+    for module in runtimes.for_format(fmt):
         if module.NAME not in wanted:
             continue
         for device in _devices(module):

@@ -10,10 +10,6 @@ from pipeline.config import Config
 from pipeline.store import Manifest
 
 
-class StageNotBuilt(RuntimeError):
-    """A stage whose implementation has not landed yet."""
-
-
 @dataclass
 class Context:
     """What a stage gets: the config, its upstream manifests, and a staging folder to write into."""

@@ -29,7 +29,7 @@ def params(cfg: Config) -> dict:
 
 
 def run(ctx: Context) -> Result:
-    from pipeline.environment import describe
+    from runtimes.environment import describe_environment as describe
     from pipeline.report.rows import build_rows, summary
     started = time.time()
     rows = build_rows(ctx.inputs, ctx.cfg)

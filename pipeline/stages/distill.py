@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import logging
 
-from pipeline.config import Augment, Config
+from pipeline.config import Config
+from pipeline.models.cost import count_macs, count_params
+from pipeline.models.loading import load_model, save_model
 from pipeline.stages.base import Context, Result, Stage
-from pipeline.stages.common import (count_macs, count_params, data_params, load_model, save_model,
-                                    setup_torch)
+from pipeline.stages.common import data_params, setup_torch
+from pipeline.train.distill_loss import DistillLoss, Renormalize
+from pipeline.train.teacher_cache import augmentation_on
 
 logger = logging.getLogger(__name__)
 
@@ -22,68 +25,6 @@ def params(cfg: Config) -> dict:
         out["unlabelled_fingerprint"] = load_unlabelled_folder(cfg.distill.unlabelled_root,
                                                                cfg.data.skip_corrupt).fingerprint
     return out
-
-
-def augmentation_on(aug: Augment) -> bool:
-    """Whether training draws new pixels each epoch; without, teacher logits are fixed per sample."""
-    return (aug.random_resized_crop is not None or aug.hflip or aug.rotation_deg > 0
-            or aug.color_jitter > 0 or aug.mixup > 0 or aug.cutmix > 0)
-
-
-class Renormalize:
-    """Student-normalised pixels -> teacher-normalised pixels (same crop, other mean/std)."""
-
-    def __init__(self, student_pre, teacher_pre, device):
-        import torch
-        def col(v):
-            return torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        self.identity = (tuple(student_pre.mean) == tuple(teacher_pre.mean)
-                         and tuple(student_pre.std) == tuple(teacher_pre.std))
-        self.scale = col(student_pre.std) / col(teacher_pre.std)
-        self.shift = (col(student_pre.mean) - col(teacher_pre.mean)) / col(teacher_pre.std)
-
-    def __call__(self, x):
-        return x if self.identity else x * self.scale.to(x.dtype) + self.shift.to(x.dtype)
-
-
-class DistillLoss:
-    """kd_loss against cached teacher logits (by sample index), or the teacher on the same batch.
-
-    With `unlabelled` (an endless iterator of image batches), every step also matches the teacher
-    on one batch of unlabelled images, through the soft term alone (weighted by alpha)."""
-
-    def __init__(self, teacher, cached, renorm: Renormalize, temperature: float, alpha: float,
-                 label_smoothing: float, unlabelled=None):
-        self.teacher, self.cached, self.renorm = teacher, cached, renorm
-        self.temperature, self.alpha, self.label_smoothing = temperature, alpha, label_smoothing
-        self.unlabelled = unlabelled
-        self.teacher_batches = 0
-
-    def __call__(self, model, x, y, idx, progress):
-        import torch
-        from pipeline.train.distill_loss import kd_loss
-        logits = model(x)
-        if self.cached is not None:
-            soft = self.cached[idx].to(x.device, non_blocking=True)
-        else:
-            with torch.no_grad():
-                soft = self.teacher(self.renorm(x))
-            self.teacher_batches += 1
-        loss = kd_loss(logits, soft, y, self.temperature, self.alpha, self.label_smoothing)
-        if self.unlabelled is not None:
-            loss = loss + self.alpha * self._unlabelled_term(model, x)
-        return loss, logits
-
-    def _unlabelled_term(self, model, like):
-        import torch
-        from pipeline.train.distill_loss import soft_loss
-        x = next(self.unlabelled).to(like.device)
-        if not like.is_contiguous():     # the labelled batch came NHWC: match it
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad():
-            soft = self.teacher(self.renorm(x))
-        self.teacher_batches += 1
-        return soft_loss(model(x), soft, self.temperature)
 
 
 def _train_student(cfg: Config, spec, train_set, val_set, device, loss_fn, desc: str, probe=None):

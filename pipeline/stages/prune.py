@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import Config, Importance
+from pipeline.models.loading import load_model
 from pipeline.stages.base import Context, Result, Stage
-from pipeline.stages.common import data_params, load_model, setup_torch
+from pipeline.stages.common import data_params, setup_torch
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +44,8 @@ def _recovery_loss(ctx: Context, pre, splits, device):
     cache when the recovery pixels are fixed (no augmentation)."""
     import torch
     from pipeline.data.torch_dataset import TorchImageSet
-    from pipeline.stages.distill import DistillLoss, Renormalize, augmentation_on
-    from pipeline.train.teacher_cache import TeacherLogitCache, teacher_logits
+    from pipeline.train.distill_loss import DistillLoss, Renormalize
+    from pipeline.train.teacher_cache import TeacherLogitCache, augmentation_on, teacher_logits
     cfg, p = ctx.cfg, ctx.cfg.prune
     upstream = ctx.input("finetune")
     teacher, teacher_pre = load_model(upstream)
@@ -127,14 +128,14 @@ def run(ctx: Context) -> Result:
     from pipeline.data.torch_dataset import TorchImageSet
     from pipeline.models.registry import ModelSpec
     from pipeline.prune.budget import search_budget
-    from pipeline.prune.checkpoint import save_pruned_model
+    from pipeline.models.pruned import save_pruned_model
     from pipeline.prune.latency import LatencyProbe, export_candidate
     from pipeline.prune.recover import accumulate_gradients
     from pipeline.prune.structured import (IterativePruner, PrunePlan, channel_ratio_for, macs_and_params,
                                            protected_layers)
-    from pipeline.stages.distill import augmentation_on
     from pipeline.train.distributed import world
     from pipeline.train.loop import evaluate
+    from pipeline.train.teacher_cache import augmentation_on
 
     cfg, p = ctx.cfg, ctx.cfg.prune
     started, is_main = time.time(), world().is_main

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from pipeline.artifact import Artifact, Format
 from pipeline.config import Config, QuantMethod
+from pipeline.models.loading import load_model
 from pipeline.stages.base import Context, Result, Stage
-from pipeline.stages.common import data_params, load_model
+from pipeline.stages.common import data_params
 
 
 def _requested_scheme(cfg: Config) -> str | None:

@@ -99,7 +99,8 @@ class _FeatureTap:
 def _unlabelled_folder(root: Path) -> ImageSet:
     """Every image under `root` (no class folders): a target domain with no labels at all."""
     from pipeline.data.imagefolder import EXTENSIONS, FolderImages
-    from pipeline.hashing import sha256_file, sha256_json
+    from calibration.hashing import sha256_file
+    from pipeline.hashing import sha256_json
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS
                    and not any(part.startswith(".") for part in p.relative_to(root).parts))
     if not files:

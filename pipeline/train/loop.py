@@ -32,7 +32,7 @@ class FitResult:
     stopped_by_time: bool = False
 
 
-class _Indexed(torch.utils.data.Dataset):
+class Indexed(torch.utils.data.Dataset):
     """Adds the sample index, so losses can look up per-sample data (cached teacher logits)."""
 
     def __init__(self, ds):
@@ -154,7 +154,7 @@ def fit(model, train_set, val_set, cfg: Train, device: torch.device, seed: int,
     mixer = Mixer.from_augment(cfg.augment, len(getattr(train_set, "classes", ())), seed)
     average = WeightAverage(model, cfg.ema) if cfg.ema else None
     sampler = ShardedBatchSampler(len(train_set), cfg.batch_size, seed, w)
-    loader = torch.utils.data.DataLoader(_Indexed(train_set), batch_sampler=sampler,
+    loader = torch.utils.data.DataLoader(Indexed(train_set), batch_sampler=sampler,
                                          num_workers=num_workers)
     optimizer = torch.optim.AdamW(param_groups, lr=cfg.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp

@@ -15,11 +15,18 @@ from typing import Callable
 import numpy as np
 
 from calibration.preprocess import Preprocessing
+from pipeline.config import Augment
 from pipeline.hashing import sha256_json
 
 logger = logging.getLogger(__name__)
 
 CACHE_DIR = ("cache", "teacher-logits")
+
+
+def augmentation_on(aug: Augment) -> bool:
+    """Whether training draws new pixels each epoch; without, teacher logits are fixed per sample."""
+    return (aug.random_resized_crop is not None or aug.hflip or aug.rotation_deg > 0
+            or aug.color_jitter > 0 or aug.mixup > 0 or aug.cutmix > 0)
 
 
 def cache_key(teacher_sha256: str, data_fingerprint: str, preprocessing: Preprocessing) -> str:

@@ -2,7 +2,8 @@
 
 A handler owns what is true of model files of one format: which files make up a model, whether
 its batch axis is static, where its preprocessing metadata is stored, its declared inputs and
-outputs, which runtime scores it by default and which runtimes can serve it. It imports its
+outputs, and which runtime scores it by default (the runtime registry says which can serve it:
+`runtimes.for_format`). It imports its
 library (onnx, openvino) only inside the methods that read files.
 """
 from __future__ import annotations
@@ -51,11 +52,6 @@ class FormatHandler:
                              f"here; give them explicitly (e.g. --shape 1,3,H,W)")
         return ([{"name": "input", "shape": [None, *golden_in.shape[1:]]}],
                 [{"name": "logits", "shape": [None, *golden_out.shape[1:]]}])
-
-    def runtimes(self) -> list:
-        """The runtime modules that can serve this format."""
-        import runtimes
-        return runtimes.for_format(self.name)
 
     def __repr__(self) -> str:
         return f"<format {self.name}>"

@@ -6,7 +6,8 @@ architecture its spec builds only in tensor shapes and in a few integer attribut
 (`out_channels`, `groups`, `num_features`, `in_features`, ...). We save exactly that: the weights
 (their shapes are in the safetensors header) and, in `pruned.json`, the attributes that differ
 from a freshly built model. `restore_pruned` applies both to a fresh model, and
-`pipeline.models.checkpoint.load_checkpoint` calls it when model.json says "pruned": true.
+`pipeline.models.loading.load_checkpoint` calls it when model.json says "pruned": true. The
+format lives with the other checkpoint code, so loading a model never needs the pruning package.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def pruned_structure(model, reference) -> dict:
 
 
 def save_pruned_model(model, spec, pre, out_dir: Path, name: str = "model", extra: dict | None = None):
-    """Save a pruned model like `pipeline.stages.common.save_model`, plus its structure file.
+    """Save a pruned model like `pipeline.models.loading.save_model`, plus its structure file.
 
     model.json carries "pruned": true, so `load_checkpoint` (and with it every later stage's
     `load_model(manifest)`) rebuilds the pruned architecture before loading the weights.

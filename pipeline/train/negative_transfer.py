@@ -64,7 +64,7 @@ def scratch_baseline(cfg: Config, device, pretrained) -> dict:
     """Train the from-scratch baseline for SCRATCH_SHARE of the pretrained run's training time and
     compare it with what the pretrained run had reached after the same time; prints a warning
     to stderr on negative transfer. `pretrained` is the pretrained run's FitResult."""
-    from pipeline.stages.finetune import train_teacher
+    from pipeline.train.teacher import train_teacher
     budget = max(1.0, pretrained.seconds * SCRATCH_SHARE)
     scratch = scratch_config(cfg)
     _, _, _, transferred = train_teacher(scratch, device, "none", "scratch", max_seconds=budget)
