@@ -136,7 +136,9 @@ def _talk():
     log.debug("a debug line")
     log.info("an info line")
     log.warning("a warning line")
-    logging.getLogger("nncf").debug("a library's debug line")
+    # A library that leaves its logger to the application (nncf, once imported, prints through its
+    # own handler, so it is not the example here).
+    logging.getLogger("urllib3").debug("a library's debug line")
     return 0
 
 
