@@ -119,7 +119,7 @@ def _cmd_runtimes(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from pipeline.report.compare import compare_reports
+    from pipeline.compare.reports import compare_reports
     print(compare_reports(args.run_a, args.run_b))
     return 0
 

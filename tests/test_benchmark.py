@@ -9,9 +9,9 @@ import pytest
 
 import bench_fixture
 from pipeline.artifact import Format
-from pipeline.report.artifacts import artifact_file, candidates
+from pipeline.measure.artifacts import artifact_file, candidates
 from runtimes import formats
-from pipeline.report.rows import build_rows, row_id
+from pipeline.measure.rows import build_rows, row_id
 from runtimes import onnxruntime_runtime, tensorrt_runtime, torch_runtime
 
 CUDA_REASON = torch_runtime.unavailable("cuda")

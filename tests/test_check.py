@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 import bench_fixture
-from pipeline.report.budgets import evaluate
+from pipeline.gate.budgets import evaluate
 from pipeline.stages.check import STAGE, BudgetFailed
 
 

@@ -86,6 +86,10 @@ def stage_modules(files: dict[str, Path]) -> set[str]:
     return out
 
 
+# What is made of stage outputs (measured, reported, rendered, gated, compared) never runs a stage.
+RESULT_PACKAGES = ("measure", "report", "render", "gate", "compare")
+
+
 def _inside(module: str, package: str) -> bool:
     return module == package or module.startswith(package + ".")
 
@@ -99,8 +103,8 @@ def forbidden(edge: Edge, stages: set[str]) -> str | None:
         return "exporters do not import pipeline"
     if s in stages and d in stages:
         return "stage modules do not import each other (shared code belongs in pipeline/train, models, ...)"
-    if _inside(s, "pipeline.report") and _inside(d, "pipeline.stages"):
-        return "pipeline/report does not import pipeline/stages"
+    if any(_inside(s, f"pipeline.{p}") for p in RESULT_PACKAGES) and _inside(d, "pipeline.stages"):
+        return f"pipeline/{s.split('.')[1]} does not import pipeline/stages"
     if _inside(s, "pipeline.models") and _inside(d, "pipeline.prune"):
         return "pipeline/models does not import pipeline/prune"
     return None
@@ -199,8 +203,8 @@ def test_the_checker_finds_a_cycle_and_forbidden_imports(tmp_path):
         "pipeline/stages/__init__.py": "from pipeline.stages import one, two\n",   # no cycle: no parents
         "pipeline/stages/one.py": "from pipeline.stages.two import STAGE as OTHER\nSTAGE = 1\n",
         "pipeline/stages/two.py": "STAGE = 2\n",
-        "pipeline/report/__init__.py": "",
-        "pipeline/report/rows.py": "import os\n\n\ndef g():\n    import pipeline.stages.two\n",
+        "pipeline/measure/__init__.py": "",
+        "pipeline/measure/rows.py": "import os\n\n\ndef g():\n    import pipeline.stages.two\n",
         "pipeline/models/__init__.py": "from pipeline.prune.x import y\n",
         "pipeline/prune/__init__.py": "",
         "pipeline/prune/x.py": "y = 1\n",
@@ -217,7 +221,17 @@ def test_the_checker_finds_a_cycle_and_forbidden_imports(tmp_path):
     assert sorted(str(e) for e, _ in bad) == [
         "calibration -> exporters (calibration/__init__.py:2)",
         "exporters -> pipeline.a (exporters/__init__.py:2)",
+        "pipeline.measure.rows -> pipeline.stages.two (pipeline/measure/rows.py:5)",
         "pipeline.models -> pipeline.prune.x (pipeline/models/__init__.py:1)",
-        "pipeline.report.rows -> pipeline.stages.two (pipeline/report/rows.py:5)",
         "pipeline.stages.one -> pipeline.stages.two (pipeline/stages/one.py:1)",
     ]
+
+
+def test_every_package_is_listed_in_pyproject():
+    """A package missing from [tool.setuptools] packages works in a checkout and breaks when installed."""
+    import tomllib
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts)
+             for top in ("pipeline", "exporters", "runtimes", "calibration")
+             for p in (ROOT / top).rglob("__init__.py")}
+    assert found == listed, f"not listed: {sorted(found - listed)}; listed but absent: {sorted(listed - found)}"

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 import bench_fixture
-from pipeline.report.compare import compare_reports, resolve_report
+from pipeline.compare.reports import compare_reports, resolve_report
 from pipeline.report.headline import headline
 from pipeline.report.pareto import pareto_front
 from pipeline.report.upstream import upstream_notes

@@ -33,7 +33,7 @@ def test_compiled_logits_match_eager_and_compile_time_is_reported_once_per_shape
 
 def test_benchmark_measures_torch_models_with_torch_compile_and_keeps_compile_out_of_latency(tiny):
     from pipeline.config import Benchmark
-    from pipeline.report.targets import targets_for
+    from pipeline.measure.targets import targets_for
     from runtimes.execution import open_model
     from runtimes.harness import measure
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import time
 
 from pipeline.config import Config
-from pipeline.report.artifacts import TEACHER
+from pipeline.measure.artifacts import TEACHER
 from pipeline.report.headline import headlines
 from pipeline.report.pareto import mark_pareto
-from pipeline.report.targets import device_family, is_reference
+from pipeline.measure.targets import device_family, is_reference
 from pipeline.report.upstream import upstream_notes
 from pipeline.stage_order import STAGE_NAMES
 from pipeline.store import Manifest

@@ -9,8 +9,8 @@ benchmark run on one machine, so the speed-up is measured, never combined across
 """
 from __future__ import annotations
 
-from pipeline.report.artifacts import TEACHER
-from pipeline.report.targets import device_family, is_eager
+from pipeline.measure.artifacts import TEACHER
+from pipeline.measure.targets import device_family, is_eager
 from runtimes import formats
 
 

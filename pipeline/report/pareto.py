@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from pipeline.report.targets import device_family
+from pipeline.measure.targets import device_family
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:

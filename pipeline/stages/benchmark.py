@@ -1,7 +1,7 @@
 """benchmark: accuracy and latency of every artifact on every runtime and device, one harness.
 
 Reads the teacher, the student, the pruned student, the int8 ONNX and every exported artifact;
-writes results.json: one row per artifact x runtime x device x batch (see pipeline.report.rows)
+writes results.json: one row per artifact x runtime x device x batch (see pipeline.measure.rows)
 and the environment the numbers were taken in. The teacher (PyTorch eager FP32, the headline's
 baseline) and the deployed candidates are measured in the same run, on the same machine.
 """
@@ -30,7 +30,7 @@ def params(cfg: Config) -> dict:
 
 def run(ctx: Context) -> Result:
     from runtimes.environment import describe_environment as describe
-    from pipeline.report.rows import build_rows, summary
+    from pipeline.measure.rows import build_rows, summary
     started = time.time()
     rows = build_rows(ctx.inputs, ctx.cfg)
     results = {"rows": rows, "environment": describe(ctx.cfg.benchmark.threads),

@@ -64,8 +64,8 @@ def _log_verdicts(verdicts: list[dict], ci: Path | None) -> None:
 
 
 def run(ctx: Context) -> Result:
-    from pipeline.report.budgets import FAIL, PASS, SKIP, evaluate
-    from pipeline.report.junit import to_junit
+    from pipeline.gate.budgets import FAIL, PASS, SKIP, evaluate
+    from pipeline.gate.junit import to_junit
     report = json.loads(ctx.input("report").path_of("report_json").read_text())
     verdicts = evaluate(report, ctx.cfg.check)
     h = report.get("headline")

@@ -60,7 +60,7 @@ class Exporter:
     def add(self, name: str, fmt: Format, model_file: Path, precision: str) -> None:
         """Score `model_file` in its own runtime, then bundle it with golden inputs and outputs."""
         from exporters.bundle import verify_bundle, write_bundle
-        from pipeline.report.scoring import predict, top1
+        from pipeline.measure.scoring import predict, top1
         from runtimes.execution import open_model
         threads = self.ctx.cfg.run.thread_count()
         loaded = open_model(model_file, fmt, threads=threads, precision=precision)
@@ -82,7 +82,7 @@ def run(ctx: Context) -> Result:
     import shutil
 
     from pipeline.data import load_splits
-    from pipeline.report.scoring import ValImages
+    from pipeline.measure.scoring import ValImages
 
     cfg, q = ctx.cfg, ctx.input("quantize")
     sources = {name: q.outputs[name].sha256 for name in ("onnx_fp32", "onnx_int8")}

@@ -38,7 +38,7 @@ def onnx_top1(path: Path, val, pre, threads: int, log: dict | None = None) -> fl
     The accuracy budget must hold wherever the file is deployed, so the search sees the lower
     score; each runtime's own score is appended to `log`.
     """
-    from pipeline.report.scoring import predict, top1
+    from pipeline.measure.scoring import predict, top1
     from runtimes.execution import open_model
     scores = {}
     for name in SCORING_RUNTIMES:
@@ -66,7 +66,7 @@ def run(ctx: Context) -> Result:
     from exporters.onnx_int8 import quantize_onnx
     from exporters.quant_sensitivity import accuracy_aware_quantize
     from pipeline.data import load_splits
-    from pipeline.report.scoring import ValImages
+    from pipeline.measure.scoring import ValImages
 
     cfg, q = ctx.cfg, ctx.cfg.quantize
     model, pre = load_model(ctx.input("prune"))

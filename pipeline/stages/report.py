@@ -26,7 +26,7 @@ def params(cfg: Config) -> dict:
 
 
 def run(ctx: Context) -> Result:
-    from pipeline.report import html, markdown, plots
+    from pipeline.render import html, markdown, plots
     from pipeline.report.build import build_report
     results = json.loads(ctx.input("benchmark").path_of("results").read_text())
     report = build_report(results, ctx.inputs, ctx.cfg)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 import xml.etree.ElementTree as ET
 
-from pipeline.report.budgets import FAIL, SKIP, Verdict
+from pipeline.gate.budgets import FAIL, SKIP, Verdict
 
 SUITE = "edgeship.check"
 

@@ -1,7 +1,7 @@
 """report.md: the tables an engineer reads in a pull request."""
 from __future__ import annotations
 
-from pipeline.report import tables
+from pipeline.render import tables
 
 PLOTS = {"accuracy_vs_p90": "Accuracy vs p90 latency (Pareto front marked)",
          "latency_per_stage": "Latency per stage", "size_per_stage": "Size per stage"}

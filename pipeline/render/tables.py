@@ -1,7 +1,7 @@
 """The report's tables as headers and text cells, rendered by both report.md and report.html."""
 from __future__ import annotations
 
-from pipeline.report.targets import REFERENCE_RUNTIME
+from pipeline.measure.targets import REFERENCE_RUNTIME
 
 MEASURED_HEADERS = ("Artifact", "Stage", "Format", "Precision", "Runtime", "Device", "Batch",
                     "Top-1 %", "Δ teacher", "Agree ref %", "Agree teacher %", "p50 ms", "p90 ms",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.report.markdown import md_table
+from pipeline.render.markdown import md_table
 
 REPORT = "report.json"
 

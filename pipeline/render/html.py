@@ -5,8 +5,8 @@ import base64
 import html as _html
 import json
 
-from pipeline.report import tables
-from pipeline.report.markdown import PLOTS
+from pipeline.render import tables
+from pipeline.render.markdown import PLOTS
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1400px;color:#222;padding:0 1em}

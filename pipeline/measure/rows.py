@@ -15,9 +15,9 @@ import traceback
 import numpy as np
 
 from pipeline.config import Config
-from pipeline.report.artifacts import TEACHER, Candidate, candidates
-from pipeline.report.scoring import ValImages, agreement, predict, top1
-from pipeline.report.targets import Target, device_family, is_reference, targets_for
+from pipeline.measure.artifacts import TEACHER, Candidate, candidates
+from pipeline.measure.scoring import ValImages, agreement, predict, top1
+from pipeline.measure.targets import Target, device_family, is_reference, targets_for
 from pipeline.store import Manifest
 from runtimes import formats
 
