@@ -58,8 +58,9 @@ class Exporter:
         self.add(name, fmt, model_file, precision)
 
     def add(self, name: str, fmt: Format, model_file: Path, precision: str) -> None:
-        """Score `model_file` in its own runtime, then bundle it with golden inputs and outputs."""
-        from exporters.bundle import verify_bundle, write_bundle
+        """Score `model_file` in its own runtime, bundle it with golden inputs and outputs, and check
+        the bundle as a device would (raises BundleError, failing the stage, when it differs)."""
+        from exporters.bundle import BundleError, seal, verify_bundle, write_bundle
         from pipeline.measure.scoring import predict, top1
         from runtimes.execution import open_model
         threads = self.ctx.cfg.run.thread_count()
@@ -70,10 +71,16 @@ class Exporter:
         golden_in = self.val.batch(self.pre, golden_n)
         bundle = write_bundle(model_file, self.ctx.out_dir / name, self.pre, precision, self.sources,
                               golden_in, logits[:golden_n], loaded.runtime)
+        sealed = seal(bundle)
         shipped = open_model(bundle / model_file.name, fmt, threads=threads, precision=precision)
-        self.metrics["bundle_check"][name] = verify_bundle(bundle, shipped.run).passed
+        # A bundle that does not reproduce its golden outputs fails the stage: nothing is committed.
+        try:
+            check = verify_bundle(bundle, shipped.run, expected_sha256=sealed)
+        except BundleError as e:
+            raise BundleError(f"export {name} failed its bundle check, so nothing was committed: {e}") from None
+        self.metrics["bundle_check"][name] = check.to_dict()
         meta = {"preprocessing": self.pre.with_(precision=precision).to_dict(), "precision": precision,
-                "runtime": loaded.runtime, "model_file": model_file.name}
+                "runtime": loaded.runtime, "model_file": model_file.name, "bundle_sha256": sealed}
         self.outputs[name] = Artifact.of(self.ctx.out_dir, bundle, fmt, meta)
         log.info("  export %-15s top-1 %.2f%% in %s", name, self.metrics["top1"][name], loaded.runtime)
 
@@ -100,5 +107,5 @@ def run(ctx: Context) -> Result:
     return Result(outputs=ex.outputs, metrics=ex.metrics)
 
 
-STAGE = Stage(name="export", version=3, deps=("quantize",), params=params, run=run,
+STAGE = Stage(name="export", version=4, deps=("quantize",), params=params, run=run,
               help="ONNX, OpenVINO IR and TensorRT engines as verified deployment bundles")
