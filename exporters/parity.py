@@ -2,7 +2,8 @@
 
 Every exporter runs both models on the same real input batches after writing and refuses an
 artifact whose logits drift beyond its precision's tolerance. Deployment bundles reuse the same
-comparison against their golden outputs.
+comparison against their golden outputs, adding an int8 logit bound of their own (exporters/bundle.py):
+there the reference is the artifact's own recorded output, not another runtime's Q/DQ arithmetic.
 """
 from __future__ import annotations
 
