@@ -113,3 +113,18 @@ def test_export_records_each_bundle_seal(store, capsys, restore_logging):
     assert entry.metrics["bundle_check"]["onnx_fp32"]["max_abs_tolerance"] == 1e-3
     assert json.loads((entry.path_of("onnx_int8") / "model.json").read_text())["files"].keys() == {
         "model_int8.onnx", "golden.npz"}
+
+
+def test_benchmark_measures_only_the_bundle_export_sealed(store, capsys, restore_logging):
+    from exporters.bundle import BundleError
+    from pipeline.measure.artifacts import candidates
+    cfg, st = store
+    assert _run_export(cfg) == 0
+    [entry] = st.entries("export")
+    assert {c.name for c in candidates({"export": entry})} == {"onnx_fp32", "onnx_int8"}
+    model_json = entry.path_of("onnx_fp32") / "model.json"
+    edited = model_json.read_text().replace('"fp32"', '"int8"')
+    assert edited != model_json.read_text()
+    model_json.write_text(edited)
+    with pytest.raises(BundleError, match="model.json has sha256"):
+        candidates({"export": entry})

@@ -39,7 +39,7 @@ def test_every_stage_ran_and_report_has_every_runtime(store):
             assert 0 <= row["accuracy"] <= 100 and row["p90_ms"] > 0 and row["methodology"]
     export = json.loads((entry(store, "export") / "manifest.json").read_text())
     assert set(export["outputs"]) == {"onnx_fp32", "onnx_int8", "openvino_fp32", "openvino_int8"}
-    assert all(export["metrics"]["bundle_check"].values())
+    assert all(check["passed"] for check in export["metrics"]["bundle_check"].values())
     assert "TensorRT" in export["metrics"]["unavailable"]["tensorrt_fp16"]
     bundle = entry(store, "export") / "openvino_int8"
     assert {"model.json", "golden.npz"} <= {p.name for p in bundle.iterdir()}

@@ -77,6 +77,15 @@ def reference_name(inputs: dict[str, Manifest]) -> str | None:
     return None
 
 
+def _check_seal(manifest: Manifest, name: str) -> None:
+    """A deployment bundle is measured only when it is the one export sealed: its model.json
+    hash matches the manifest's record and its files match model.json (BundleError otherwise)."""
+    sealed = manifest.outputs[name].metadata.get("bundle_sha256")
+    if sealed:
+        from exporters.bundle import read_bundle
+        read_bundle(manifest.path_of(name), sealed)
+
+
 def candidates(inputs: dict[str, Manifest]) -> list[Candidate]:
     """Every artifact of the upstream manifests, torch models first (they are the references)."""
     out: list[Candidate] = []
@@ -99,6 +108,7 @@ def candidates(inputs: dict[str, Manifest]) -> list[Candidate]:
             if art.format == Format.data or not formats.get(art.format).deployable or name in seen:
                 continue
             seen.add(name)
+            _check_seal(m, name)
             stage = "quantize" if name in quantized else m.stage
             pre = art.preprocessing if "preprocessing" in art.metadata else None
             out.append(Candidate(name, stage, name, art.format, _precision(art.metadata, name),
