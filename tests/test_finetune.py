@@ -59,7 +59,7 @@ def test_linear_probe_trains_head_only_and_learns(cli, tiny_args, tmp_path):
     assert torch.equal(trained["bn1.running_mean"], fresh["bn1.running_mean"])   # stats frozen too
     assert trained["classifier.weight"].shape == (10, 1280)
     again = subprocess.run(cli("run", "finetune", *tiny_args), check=True, capture_output=True, text=True)
-    assert "finetune   cached" in again.stdout
+    assert "finetune   cached" in again.stderr
 
 
 @pytest.mark.slow
@@ -79,7 +79,7 @@ def test_killed_run_commits_nothing_and_resumes(cli, tiny_args, tmp_path):
     status = subprocess.run(cli("status", *tiny_args), capture_output=True, text=True, check=True)
     assert status.stdout.startswith("finetune   not run")
     rerun = subprocess.run(cli("run", "finetune", *tiny_args), capture_output=True, text=True, check=True)
-    assert "finetune   done" in rerun.stdout
+    assert "finetune   done" in rerun.stderr
     assert len(list((store / "finetune").glob("*/manifest.json"))) == 1
     assert not list((store / "finetune").glob(".staging-*"))
 
