@@ -295,3 +295,35 @@ def test_tampered_scan_cache_is_rebuilt(root, tmp_path, decodes, caplog):
     assert again.fingerprint == cold.fingerprint and len(decodes) == 12
     assert f"scan cache {entry} does not match its recorded hash" in caplog.text
     assert json.loads(entry.read_text())["files"][0][3] != "0" * 64
+
+
+def test_moved_tree_keeps_scan_cache_and_stage_key(root, tmp_path, decodes):
+    from pipeline.config_load import load_config
+    from pipeline.stages.common import data_params
+    store = tmp_path / "runs"
+    cfg = load_config(REPO / "configs" / "imagefolder.yaml",
+                      [f"data.root={root}", f"run.store={store}"])
+    before = data_params(cfg)
+    moved = root.rename(tmp_path / "elsewhere")
+    imagefolder._checked.clear()
+    after = data_params(load_config(REPO / "configs" / "imagefolder.yaml",
+                                    [f"data.root={moved}", f"run.store={store}"]))
+    assert after == before and "root" not in after["data"]
+    assert len(decodes) == 6
+
+
+def test_moved_tree_reuses_the_finetune_stage(tmp_path, cli, tiny_args):
+    data = tmp_path / "photos"
+    shutil.copytree(PHOTOS, data)
+    base = cli("run", "finetune", *tiny_args, "--set", "data.kind=imagefolder")
+    first = subprocess.run([*base, "--set", f"data.root={data}"], cwd=REPO, capture_output=True,
+                           text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "finetune   running" in first.stderr
+    assert f"data: decoded 27 of 27 images under {data} in " in first.stderr
+    (tmp_path / "moved").mkdir()
+    moved = data.rename(tmp_path / "moved" / "photos")
+    second = subprocess.run([*base, "--set", f"data.root={moved}"], cwd=REPO, capture_output=True,
+                            text=True, timeout=900)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "finetune   cached" in second.stderr and "decoded" not in second.stderr
