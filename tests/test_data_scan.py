@@ -162,6 +162,19 @@ def test_links_inside_the_root_reached_once_are_followed(root):
     assert splits.train.image(2).size == (24, 18)
 
 
+def test_unlabelled_folder_walked_by_the_same_rules(root):
+    from pipeline.data.imagefolder import load_unlabelled_folder
+    _link(root, "pool/cats/back", "..")
+    with pytest.raises(DataError) as err:
+        load_unlabelled_folder(str(root / "pool"))
+    assert str(err.value) == (
+        f"link '{root}/pool/cats/back' -> '{root}/pool' is a loop: it points to its own folder or a folder "
+        f"above it, which would repeat every image below it under other names and labels (replace the "
+        f"link with a copy, or point distill.unlabelled_root at the real folder)")
+    (root / "pool/cats/back").unlink()
+    assert load_unlabelled_folder(str(root / "pool")).ids == ["cats/p.png", "x.jpg"]
+
+
 def test_cli_refuses_a_loop_with_exit_7(root, tmp_path):
     _link(root, "train/cat/up", "..")
     done = subprocess.run(

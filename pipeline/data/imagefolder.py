@@ -40,8 +40,11 @@ def _check(root: Path, nodes: list[Node], cache: ScanCache) -> list[Record]:
     listing = [(Path(n.path).relative_to(root).as_posix(), st.st_size, st.st_mtime_ns)
                for n, st in zip(nodes, stats)]
     memo = [(n.real, st.st_size, st.st_mtime_ns, st.st_ino) for n, st in zip(nodes, stats)]
-    known, exact = cache.lookup(listing)
-    records: list[Record | None] = [known.get(s) or _checked.get(m) for s, m in zip(listing, memo)]
+    records: list[Record | None] = [_checked.get(m) for m in memo]
+    exact = all(records) and cache.has(listing)      # every stage key rescans: keep that cheap
+    if not exact:
+        known, exact = cache.lookup(listing)
+        records = [r or known.get(s) for r, s in zip(records, listing)]
     todo = [i for i, r in enumerate(records) if r is None]
     if todo:
         t0 = time.perf_counter()

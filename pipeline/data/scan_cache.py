@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -57,6 +57,10 @@ class ScanCache:
             return None
         return {(rel, size, mtime): (sha, error) for rel, size, mtime, sha, error in doc["files"]}
 
+    def has(self, listing: Sequence[Stat]) -> bool:
+        """Whether an entry for exactly this listing exists (not verified: for skipping a write)."""
+        return self.folder is None or (self.folder / f"{listing_key(listing)}.json").is_file()
+
     def lookup(self, listing: Sequence[Stat]) -> tuple[dict[Stat, Record], bool]:
         """(records known for these files, whether the entry for exactly this listing was found)."""
         if self.folder is None or not self.folder.is_dir():
@@ -78,13 +82,16 @@ class ScanCache:
         body = {"format": FORMAT, "listing": listing_key(listing), "files": files}
         doc = {**body, "sha256": sha256_json(body)}
         path = self.folder / f"{body['listing']}.json"
+        tmp = self.folder / f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".scan.", suffix=".tmp", dir=self.folder)
-            with os.fdopen(fd, "w") as f:
+            # A name of our own rather than mkstemp's: mkstemp creates 0600 files, and a shared
+            # store's cache should be as readable as the rest of it.
+            with open(tmp, "w") as f:
                 json.dump(doc, f, separators=(",", ":"))
             os.replace(tmp, path)
         except OSError as e:
+            Path(tmp).unlink(missing_ok=True)
             logger.warning("cannot write the scan cache in %s (%s); the next run checks every "
                            "image again", self.folder, e)
             return None
