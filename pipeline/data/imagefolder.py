@@ -1,90 +1,65 @@
 """A user's ImageFolder tree: root/train/<class>/<image> and root/val/<class>/<image>.
 
-Every image is opened and verified when the tree is scanned, so a bad dataset fails before
-training starts, with the path and the fix in the message. The same pass hashes each file's
-bytes for the fingerprint.
+The scan walks the tree without following a link out of the root or reaching anything twice
+(`walk`), decodes every image to the last pixel in parallel (`decode`) and hashes its bytes for
+the fingerprint, so a bad dataset fails before training starts, with the path and the fix in
+the message. What it learns is remembered per process and, given a cache, between runs.
 """
 from __future__ import annotations
 
-import hashlib
-import io
+import logging
 import os
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from pipeline.config import DataSpec
+from pipeline.data.decode import ImageReadError, decode_rgb, iter_checks, to_rgb, workers
 from pipeline.data.imageset import DataError, DataWarning, ImageSet, Splits, split_fingerprint
+from pipeline.data.scan_cache import Record, ScanCache
+from pipeline.data.walk import EXTENSIONS, Node, TreeWalk
 from pipeline.hashing import sha256_json
 
-EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+__all__ = ["EXTENSIONS", "FolderImages", "load_imagefolder_splits", "load_unlabelled_folder",
+           "scan_tree", "to_rgb"]
+
+logger = logging.getLogger(__name__)
+
 _EXT_TEXT = "jpg, jpeg, png, webp"
 _SPLITS = ("train", "val")
-# (path, size, mtime_ns, inode) -> (sha256, error or None): a second scan in the same process
+_LISTED = 20          # skipped images named in the warning line
+# (real path, size, mtime_ns, inode) -> (sha256, error or None): a second scan in the same process
 # re-reads only files that changed. The fingerprint itself is always the content hash.
-_checked: dict[tuple, tuple[str, str | None]] = {}
+_checked: dict[tuple, Record] = {}
 
 
-def check_image(data: bytes) -> str | None:
-    """Why these bytes are not a readable image, or None when they are.
-
-    `verify()` checks structure (PNG chunk CRCs, headers); JPEG and WebP are also decoded, JPEG
-    in draft mode at 1/8 scale, because a truncated JPEG passes `verify()`.
-    """
-    from PIL import Image
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.verify()
-        with Image.open(io.BytesIO(data)) as im:
-            if im.format == "JPEG":
-                im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
-            if im.format in ("JPEG", "WEBP"):
-                im.load()
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
-        return f"{type(e).__name__}: {e}"
-    return None
-
-
-def _check_file(path: Path) -> tuple[str, str | None]:
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
-    if key not in _checked:
-        data = path.read_bytes()
-        _checked[key] = (hashlib.sha256(data).hexdigest(), check_image(data))
-    return _checked[key]
-
-
-def _visible(p: Path) -> bool:
-    return not p.name.startswith(".")   # .DS_Store, macOS '._x.jpg' resource forks, .git
-
-
-def _class_folders(split_dir: Path) -> list[Path]:
-    return sorted((p for p in split_dir.iterdir() if p.is_dir() and _visible(p)), key=lambda p: p.name)
-
-
-def _images_in(folder: Path) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found += [Path(dirpath) / f for f in filenames
-                  if not f.startswith(".") and f.lower().endswith(EXTENSIONS)]
-    return sorted(found)
-
-
-def to_rgb(im):
-    """Any PIL mode as RGB: transparency flattened onto black, 16-bit gray scaled, not clipped."""
-    from PIL import Image
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(im, dtype=np.float64)
-        if arr.max() > 255:
-            arr = arr / 257.0
-        im = Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8))
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
-    return im.convert("RGB")
+def _check(root: Path, nodes: list[Node], cache: ScanCache) -> list[Record]:
+    """(sha256, error) of every image node: from this process, the scan cache, or decoded now."""
+    stats = [os.stat(n.real) for n in nodes]
+    listing = [(Path(n.path).relative_to(root).as_posix(), st.st_size, st.st_mtime_ns)
+               for n, st in zip(nodes, stats)]
+    memo = [(n.real, st.st_size, st.st_mtime_ns, st.st_ino) for n, st in zip(nodes, stats)]
+    records: list[Record | None] = [_checked.get(m) for m in memo]
+    exact = all(records) and cache.has(listing)      # every stage key rescans: keep that cheap
+    if not exact:
+        known, exact = cache.lookup(listing)
+        records = [r or known.get(s) for r, s in zip(records, listing)]
+    todo = [i for i, r in enumerate(records) if r is None]
+    if todo:
+        t0 = time.perf_counter()
+        from runtimes.progress import progress
+        checks = iter_checks([nodes[i].real for i in todo])
+        for i, record in zip(todo, progress(checks, total=len(todo), desc="data: checking images",
+                                            unit="images", log=logger)):
+            records[i] = record
+        logger.info("data: decoded %d of %d images under %s in %.1f s (%d threads)", len(todo),
+                    len(nodes), root, time.perf_counter() - t0, workers())
+    for m, r in zip(memo, records):
+        _checked[m] = r
+    if not exact:
+        cache.save(listing, dict(zip(listing, records)))
+    return records
 
 
 @dataclass(frozen=True)
@@ -95,9 +70,14 @@ class FolderImages:
     relpaths: list[str]
 
     def __call__(self, i: int):
-        from PIL import Image, ImageOps
-        with Image.open(os.path.join(self.root, self.relpaths[i])) as im:
-            return to_rgb(ImageOps.exif_transpose(im))
+        path = os.path.join(self.root, self.relpaths[i])
+        try:
+            return decode_rgb(path)
+        except Exception as e:  # whatever PIL raises: the user needs the path, not PIL's internals
+            raise ImageReadError(
+                f"image '{path}' cannot be read ({type(e).__name__}: {e}) although the data scan "
+                f"decoded it, so it changed since; run again (the scan checks changed images, and "
+                f"data.skip_corrupt: true leaves unreadable ones out) or restore the file") from e
 
 
 def _require_tree(root: Path) -> None:
@@ -113,50 +93,63 @@ def _require_tree(root: Path) -> None:
                             f"(expected {root / split}/<class>/<image>)")
 
 
-def scan_tree(root: Path, skip_corrupt: bool) -> tuple[list[str], dict[str, list[tuple[str, int, str]]], list[str]]:
-    """(classes, {split: [(relpath, target, sha256)]}, skipped relpaths), or a DataError."""
-    _require_tree(root)
-    folders = {split: _class_folders(root / split) for split in _SPLITS}
-    for split in _SPLITS:
-        if not folders[split]:
-            raise DataError(f"data.root '{root}' has no class folders in {root / split} "
-                            f"(expected {root / split}/<class>/<image>)")
-    classes = [p.name for p in folders["train"]]
-    for p in folders["val"]:
-        if p.name not in classes:
-            raise DataError(f"class '{p.name}' is in {root / 'val'} but not in {root / 'train'} "
-                            f"(add {root / 'train' / p.name}/ with images, or remove {p})")
-    if len(classes) < 2:
-        raise DataError(f"{root / 'train'} holds one class folder ('{classes[0]}'); a classifier "
-                        f"needs at least two (add {root / 'train'}/<other class>/<image>)")
-    entries: dict[str, list[tuple[str, int, str]]] = {s: [] for s in _SPLITS}
-    bad: list[tuple[str, str]] = []
-    for split in _SPLITS:
-        for folder in folders[split]:
-            files = _images_in(folder)
-            if not files:
-                raise DataError(f"class folder '{folder}' holds no images ({_EXT_TEXT})")
-            kept = 0
-            for f in files:
-                rel = f.relative_to(root).as_posix()
-                sha, error = _check_file(f)
-                if error:
-                    bad.append((rel, error))
-                    continue
-                entries[split].append((rel, classes.index(folder.name), sha))
-                kept += 1
-            if not kept and skip_corrupt:
-                raise DataError(f"class folder '{folder}' holds no readable images: all {len(files)} "
-                                f"are corrupt (replace them, or remove the folder)")
+def _report_bad(root: Path, bad: list[tuple[str, str]], skip_corrupt: bool) -> None:
+    """Refuse unreadable images, or (data.skip_corrupt) warn once, naming them."""
     if bad and not skip_corrupt:
         rel, error = bad[0]
         more = f" and {len(bad) - 1} more: {', '.join(r for r, _ in bad[1:6])}" if len(bad) > 1 else ""
         raise DataError(f"image '{root / rel}' cannot be read ({error}){more}; replace or delete it, "
                         f"or set data.skip_corrupt: true to leave unreadable images out")
     if bad:
-        listed = ", ".join(r for r, _ in bad[:5]) + (", ..." if len(bad) > 5 else "")
+        listed = ", ".join(r for r, _ in bad[:_LISTED])
+        if len(bad) > _LISTED:
+            listed += f" and {len(bad) - _LISTED} more"
         warnings.warn(f"skipped {len(bad)} unreadable image(s) under {root} (data.skip_corrupt: true): "
-                      f"{listed}", DataWarning, stacklevel=3)
+                      f"{listed}", DataWarning, stacklevel=4)
+
+
+def scan_tree(root: Path, skip_corrupt: bool, cache: ScanCache | None = None
+              ) -> tuple[list[str], dict[str, list[tuple[str, int, str]]], list[str]]:
+    """(classes, {split: [(relpath, target, sha256)]}, skipped relpaths), or a DataError."""
+    _require_tree(root)
+    walk = TreeWalk(root)
+    folders = {split: walk.children(walk.enter(root / split))[0] for split in _SPLITS}
+    for split in _SPLITS:
+        if not folders[split]:
+            raise DataError(f"data.root '{root}' has no class folders in {root / split} "
+                            f"(expected {root / split}/<class>/<image>)")
+    classes = [Path(f.path).name for f in folders["train"]]
+    for f in folders["val"]:
+        name = Path(f.path).name
+        if name not in classes:
+            raise DataError(f"class '{name}' is in {root / 'val'} but not in {root / 'train'} "
+                            f"(add {root / 'train' / name}/ with images, or remove {f.path})")
+    if len(classes) < 2:
+        raise DataError(f"{root / 'train'} holds one class folder ('{classes[0]}'); a classifier "
+                        f"needs at least two (add {root / 'train'}/<other class>/<image>)")
+    found: list[tuple[str, Node, list[Node]]] = []
+    for split in _SPLITS:
+        for folder in folders[split]:
+            files = walk.images(folder)
+            if not files:
+                raise DataError(f"class folder '{folder.path}' holds no images ({_EXT_TEXT})")
+            found.append((split, folder, files))
+    records = iter(_check(root, [n for _, _, files in found for n in files], cache or ScanCache(None)))
+    entries: dict[str, list[tuple[str, int, str]]] = {s: [] for s in _SPLITS}
+    bad: list[tuple[str, str]] = []
+    for split, folder, files in found:
+        kept = 0
+        for node, (sha, error) in zip(files, records):
+            rel = Path(node.path).relative_to(root).as_posix()
+            if error:
+                bad.append((rel, error))
+                continue
+            entries[split].append((rel, classes.index(Path(folder.path).name), sha))
+            kept += 1
+        if not kept and skip_corrupt:
+            raise DataError(f"class folder '{folder.path}' holds no readable images: all {len(files)} "
+                            f"are corrupt (replace them, or remove the folder)")
+    _report_bad(root, bad, skip_corrupt)
     return classes, entries, [r for r, _ in bad]
 
 
@@ -167,19 +160,19 @@ def load_unlabelled_folder(root: str, skip_corrupt: bool = False) -> ImageSet:
     if not folder.is_dir():
         raise DataError(f"distill.unlabelled_root '{folder}' is not a folder (set it to a folder of "
                         f"images at any depth, or to null)")
+    walk = TreeWalk(folder, "distill.unlabelled_root")
+    nodes = walk.images(walk.top())
     rels, shas, bad = [], [], []
-    for f in _images_in(folder):
-        sha, error = _check_file(f)
-        rel = f.relative_to(folder).as_posix()
+    for node, (sha, error) in zip(nodes, _check(folder, nodes, ScanCache(None))):
+        rel = Path(node.path).relative_to(folder).as_posix()
         if error:
             bad.append((rel, error))
         else:
             rels.append(rel)
             shas.append(sha)
-    if bad and not skip_corrupt:
-        rel, error = bad[0]
-        raise DataError(f"image '{folder / rel}' cannot be read ({error}); replace or delete it, or set "
-                        f"data.skip_corrupt: true to leave unreadable images out")
+    if not rels and not bad:
+        raise DataError(f"distill.unlabelled_root '{folder}' holds no images ({_EXT_TEXT})")
+    _report_bad(folder, bad, skip_corrupt)
     if not rels:
         raise DataError(f"distill.unlabelled_root '{folder}' holds no readable images ({_EXT_TEXT})")
     targets = [-1] * len(rels)
@@ -187,10 +180,11 @@ def load_unlabelled_folder(root: str, skip_corrupt: bool = False) -> ImageSet:
                     fingerprint=split_fingerprint(rels, targets, shas))
 
 
-def load_imagefolder_splits(spec: DataSpec) -> Splits:
-    """The tree at `spec.root` as train/val image sets; classes are the sorted train folders."""
+def load_imagefolder_splits(spec: DataSpec, cache: ScanCache | None = None) -> Splits:
+    """The tree at `spec.root` as train/val image sets; classes are the sorted train folders.
+    `cache` keeps what the scan learned between runs (see `scan_cache`)."""
     root = Path(spec.root).expanduser()
-    classes, entries, skipped = scan_tree(root, spec.skip_corrupt)
+    classes, entries, skipped = scan_tree(root, spec.skip_corrupt, cache)
     sets = {}
     for split in _SPLITS:
         rels = [rel for rel, _, _ in entries[split]]

@@ -18,8 +18,11 @@ def setup_torch(cfg: Config):
 
 
 def data_params(cfg: Config) -> dict:
-    """The data part of a training stage's cache key: the spec and the content fingerprint."""
-    from pipeline.data import load_splits
-    return {"data": cfg.data.model_dump(mode="json"),
-            "fingerprint": load_splits(cfg.data, cfg.run.seed).fingerprint}
+    """The data part of a training stage's cache key: the spec and the content fingerprint.
 
+    data.root is left out: the fingerprint covers every image's path under the root and its
+    bytes, so a tree moved elsewhere with the same content keeps its cached stages."""
+    from pipeline.data import load_splits
+    spec = cfg.data.model_dump(mode="json")
+    spec.pop("root", None)
+    return {"data": spec, "fingerprint": load_splits(cfg.data, cfg.run.seed, cfg.run.store).fingerprint}
