@@ -1,16 +1,49 @@
 """The typed configuration: one YAML file, validated here, strings become enums at this boundary."""
 from __future__ import annotations
 
+import types
 from enum import Enum
-from typing import Optional, Union
+from typing import Any, Optional, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 import runtimes as _runtimes
+
+MAX_INPUT_SIZE = 2048      # px; beyond it one image is 48 MiB as float, a batch no edge model takes
+
+
+def _bool_for_number(annotation: Any, value: Any) -> str | None:
+    """'an integer' or 'a number' when `value` holds a boolean where `annotation` wants a number
+    (pydantic's lax mode would take true as 1), else None. Looks inside lists, tuples and dicts."""
+    if annotation is bool or annotation is Any:
+        return None
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Union or origin is types.UnionType:
+        if isinstance(value, bool) and bool in args:
+            return None
+        return next((k for a in args if (k := _bool_for_number(a, value))), None)
+    if isinstance(value, bool):
+        return {int: "an integer", float: "a number"}.get(annotation)
+    if isinstance(value, (list, tuple)) and origin in (list, tuple) and args:
+        each = args if origin is tuple and args[-1] is not Ellipsis else (args[0],) * len(value)
+        return next((k for a, v in zip(each, value) if (k := _bool_for_number(a, v))), None)
+    if isinstance(value, dict) and origin is dict and len(args) == 2:
+        return next((k for v in value.values() if (k := _bool_for_number(args[1], v))), None)
+    return None
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value, info: ValidationInfo):
+        expected = _bool_for_number(cls.model_fields[info.field_name].annotation, value)
+        if expected:
+            raise PydanticCustomError("bool_for_number", "expected {expected}, not true/false",
+                                      {"expected": expected})
+        return value
 
 
 # ---------------------------------------------------------------- enums
@@ -149,8 +182,13 @@ class DannConfig(Strict):
 
 class Finetune(Strict):
     backbone: str = "efficientnet_lite2"
-    weights: str = Field("pretrained", description="pretrained | none | path to a checkpoint")
-    input_size: Optional[int] = Field(None, ge=16, description="override the backbone's input size")
+    weights: str = Field("pretrained", description="pretrained | none | path to a checkpoint "
+                         "(.safetensors, or a torch state dict); its content is part of the cache key")
+    allow_partial_weights: bool = Field(False, description="train on when a weights checkpoint "
+                                        "fills fewer than half of the backbone's tensors (the rest "
+                                        "start random); false: refuse, naming the counts")
+    input_size: Optional[int] = Field(None, ge=16, le=MAX_INPUT_SIZE,
+                                      description="override the backbone's input size")
     crop_pct: Optional[float] = Field(None, gt=0, le=1, description="override the centre-crop share")
     strategy: Strategy = Strategy.full
     unfreeze_every: int = Field(1, ge=1, description="gradual_unfreeze: epochs between unfreezing a block")

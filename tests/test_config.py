@@ -50,7 +50,7 @@ def test_bad_enum_lists_choices(tmp_path):
 def test_set_override_is_type_checked():
     cfg = load_config(None, ["finetune.strategy=linear_probe", "prune.ratio=0.4"])
     assert cfg.finetune.strategy is Strategy.linear_probe and cfg.prune.ratio == 0.4
-    with pytest.raises(ConfigError, match=r"--set prune\.ratio=abc\): prune\.ratio = 'abc' is invalid: "
+    with pytest.raises(ConfigError, match=r"^--set prune\.ratio=abc: prune\.ratio = 'abc' is invalid: "
                                            "expected a number"):
         load_config(None, ["prune.ratio=abc"])
     with pytest.raises(ConfigError, match="unknown key 'prune.ratoi'; did you mean 'prune.ratio'"):
