@@ -139,7 +139,8 @@ def _parse_overrides(overrides: list[str]) -> dict[str, tuple[str, Any]]:
     out: dict[str, tuple[str, Any]] = {}
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"--set '{clip(item)}' must look like key.path=value, e.g. prune.ratio=0.4")
+            raise ConfigError(f"--set '{clip(item)}' must look like key.path=value, e.g. prune.ratio=0.4 "
+                              "(make: separate SET items with ';' when a value holds spaces)")
         dotted, text = item.split("=", 1)
         try:
             value = config_yaml.parse(text) if text.strip() else None
@@ -149,13 +150,6 @@ def _parse_overrides(overrides: list[str]) -> dict[str, tuple[str, Any]]:
         out.pop(dotted.strip(), None)
         out[dotted.strip()] = (item, value)
     return out
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """`raw` with each `key.path=value` of `overrides` set (values read as YAML)."""
-    for dotted, (item, value) in _parse_overrides(overrides).items():
-        _set(raw, dotted, value, item)
-    return raw
 
 
 def _read(path: Path) -> dict:
