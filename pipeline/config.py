@@ -1,49 +1,15 @@
 """The typed configuration: one YAML file, validated here, strings become enums at this boundary."""
 from __future__ import annotations
 
-import types
 from enum import Enum
-from typing import Any, Optional, Union, get_args, get_origin
+from typing import Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import Field, field_validator, model_validator
 
 import runtimes as _runtimes
+from pipeline.config_strict import Strict
 
 MAX_INPUT_SIZE = 2048      # px; beyond it one image is 48 MiB as float, a batch no edge model takes
-
-
-def _bool_for_number(annotation: Any, value: Any) -> str | None:
-    """'an integer' or 'a number' when `value` holds a boolean where `annotation` wants a number
-    (pydantic's lax mode would take true as 1), else None. Looks inside lists, tuples and dicts."""
-    if annotation is bool or annotation is Any:
-        return None
-    origin, args = get_origin(annotation), get_args(annotation)
-    if origin is Union or origin is types.UnionType:
-        if isinstance(value, bool) and bool in args:
-            return None
-        return next((k for a in args if (k := _bool_for_number(a, value))), None)
-    if isinstance(value, bool):
-        return {int: "an integer", float: "a number"}.get(annotation)
-    if isinstance(value, (list, tuple)) and origin in (list, tuple) and args:
-        each = args if origin is tuple and args[-1] is not Ellipsis else (args[0],) * len(value)
-        return next((k for a, v in zip(each, value) if (k := _bool_for_number(a, v))), None)
-    if isinstance(value, dict) and origin is dict and len(args) == 2:
-        return next((k for v in value.values() if (k := _bool_for_number(args[1], v))), None)
-    return None
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_for_number(cls, value, info: ValidationInfo):
-        expected = _bool_for_number(cls.model_fields[info.field_name].annotation, value)
-        if expected:
-            raise PydanticCustomError("bool_for_number", "expected {expected}, not true/false",
-                                      {"expected": expected})
-        return value
 
 
 # ---------------------------------------------------------------- enums

@@ -72,7 +72,8 @@ def _constraint(err: dict) -> str:
         return f"expected {ctx['expected']}, not true/false (YAML reads yes/no/on/off as booleans)"
     if kind in _BOUNDS:
         name, op = _BOUNDS[kind]
-        return f"must be {op} {ctx.get(name)}"
+        bound = ctx.get(name)
+        return f"must be {op} {bound:g}" if isinstance(bound, float) else f"must be {op} {bound}"
     if kind == "too_short":
         return f"needs at least {ctx.get('min_length')} item(s)"
     if kind == "too_long":
