@@ -5,14 +5,32 @@ PY     := $(VENV)/bin/python
 EDGESHIP := $(PY) -m pipeline
 EXTRAS ?= openvino,nncf,dev
 SET    ?=
-SETARGS := $(foreach s,$(SET),--set $(s))
+ARGS   ?=
+
+# Every value reaches the shell single-quoted, so spaces, '$' and quotes in it stay as written.
+# SET items are separated by whitespace (SET='a=1 b=2'), or by ';' when SET holds one, so a value
+# may contain spaces: SET='data.root=/path with spaces; finetune.train.lr=0.1'. ARGS is passed to
+# edgeship as it is written (shell syntax): ARGS="--set 'data.root=/a b' --force prune".
+empty :=
+space := $(empty) $(empty)
+tab   := $(empty)	$(empty)
+quote = '$(subst ','\'',$(1))'
+ifneq ($(findstring ;,$(SET)),)
+SETITEMS := $(subst ;, ,$(subst $(tab),@TAB@,$(subst $(space),@SP@,$(SET))))
+SETITEMS := $(foreach s,$(SETITEMS),$(if $(subst @SP@,,$(subst @TAB@,,$(s))),$(s)))
+SETARGS := $(foreach s,$(SETITEMS),--set $(call quote,$(subst @TAB@,$(tab),$(subst @SP@,$(space),$(s)))))
+else
+SETARGS := $(foreach s,$(SET),--set $(call quote,$(s)))
+endif
+RUNARGS = -c $(call quote,$(CONFIG)) $(SETARGS) $(ARGS)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup all finetune distill prune quantize export benchmark report check status test test-fast clean
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: CONFIG=$(CONFIG)  SET='key=value ...'  VENV=$(VENV)"
+	@echo "  variables: CONFIG=$(CONFIG)  SET='key=value ...' (';' between items keeps spaces in values)"
+	@echo "             ARGS='edgeship arguments, as written'  VENV=$(VENV)"
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -23,34 +41,34 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed ## create .venv and install edgeship with its extras (idempotent)
 
 all: setup ## run the whole pipeline on CONFIG (the main job)
-	$(EDGESHIP) run -c $(CONFIG) $(SETARGS)
+	$(EDGESHIP) run $(RUNARGS)
 
 finetune: setup ## fine-tune the pretrained backbone (teacher)
-	$(EDGESHIP) run finetune -c $(CONFIG) $(SETARGS)
+	$(EDGESHIP) run finetune $(RUNARGS)
 
 distill: setup ## distil the teacher into the student
-	$(EDGESHIP) run distill -c $(CONFIG) $(SETARGS)
+	$(EDGESHIP) run distill $(RUNARGS)
 
 prune: setup ## prune the student and recover accuracy
-	$(EDGESHIP) run prune -c $(CONFIG) $(SETARGS)
+	$(EDGESHIP) run prune $(RUNARGS)
 
 quantize: setup ## INT8 Q/DQ ONNX from calibration data
-	$(EDGESHIP) run quantize -c $(CONFIG) $(SETARGS)
+	$(EDGESHIP) run quantize $(RUNARGS)
 
 export: setup ## ONNX, OpenVINO IR and TensorRT engines
-	$(EDGESHIP) run export -c $(CONFIG) $(SETARGS)
+	$(EDGESHIP) run export $(RUNARGS)
 
 benchmark: setup ## accuracy and latency of every artifact on every runtime
-	$(EDGESHIP) run benchmark -c $(CONFIG) $(SETARGS)
+	$(EDGESHIP) run benchmark $(RUNARGS)
 
 report: setup ## report.json / report.md / report.html
-	$(EDGESHIP) run report -c $(CONFIG) $(SETARGS)
+	$(EDGESHIP) run report $(RUNARGS)
 
 check: setup ## budgets -> exit code and JUnit XML (CI gate)
-	$(EDGESHIP) run check -c $(CONFIG) $(SETARGS)
+	$(EDGESHIP) run check $(RUNARGS)
 
 status: setup ## cached / stale / not run, per stage
-	$(EDGESHIP) status -c $(CONFIG) $(SETARGS)
+	$(EDGESHIP) status $(RUNARGS)
 
 # Each test file runs in a fresh interpreter: one process that has run the whole suite through
 # torch, ONNX Runtime, OpenVINO and NNCF has crashed in malloc near its end (heap corruption

@@ -4,13 +4,12 @@ from __future__ import annotations
 from enum import Enum
 from typing import Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 import runtimes as _runtimes
+from pipeline.config_strict import Strict
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False)
+MAX_INPUT_SIZE = 2048      # px; beyond it one image is 48 MiB as float, a batch no edge model takes
 
 
 # ---------------------------------------------------------------- enums
@@ -149,8 +148,13 @@ class DannConfig(Strict):
 
 class Finetune(Strict):
     backbone: str = "efficientnet_lite2"
-    weights: str = Field("pretrained", description="pretrained | none | path to a checkpoint")
-    input_size: Optional[int] = Field(None, ge=16, description="override the backbone's input size")
+    weights: str = Field("pretrained", description="pretrained | none | path to a checkpoint "
+                         "(.safetensors, or a torch state dict); its content is part of the cache key")
+    allow_partial_weights: bool = Field(False, description="train on when a weights checkpoint "
+                                        "fills fewer than half of the backbone's tensors (the rest "
+                                        "start random); false: refuse, naming the counts")
+    input_size: Optional[int] = Field(None, ge=16, le=MAX_INPUT_SIZE,
+                                      description="override the backbone's input size")
     crop_pct: Optional[float] = Field(None, gt=0, le=1, description="override the centre-crop share")
     strategy: Strategy = Strategy.full
     unfreeze_every: int = Field(1, ge=1, description="gradual_unfreeze: epochs between unfreezing a block")

@@ -5,10 +5,12 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
+from pipeline import config_yaml
 from pipeline.config import Config
+from pipeline.config_limits import check_sizes
+from pipeline.config_yaml import clip, short
 from runtimes import errors
 
 
@@ -50,74 +52,138 @@ def _closest(wrong: str, parent: tuple) -> str | None:
     return ".".join([*map(str, parent), best]) if score[best] >= 0.5 else None
 
 
-def _expected(err: dict) -> str:
-    kind = err["type"]
-    names = {"int_parsing": "an integer", "int_type": "an integer", "float_parsing": "a number",
-             "float_type": "a number", "bool_parsing": "true or false", "bool_type": "true or false",
-             "string_type": "a string", "list_type": "a list", "dict_type": "a mapping",
-             "model_type": "a mapping", "enum": "one of " + str(err.get("ctx", {}).get("expected", ""))}
-    return names.get(kind, err["msg"])
+_TYPES = {"int_parsing": "an integer", "int_type": "an integer", "int_from_float": "an integer",
+          "float_parsing": "a number", "float_type": "a number", "bool_parsing": "true or false",
+          "bool_type": "true or false", "string_type": "a string", "list_type": "a list",
+          "tuple_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
+          "model_attributes_type": "a mapping"}
+_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="),
+           "less_than": ("lt", "<"), "less_than_equal": ("le", "<=")}
 
 
-def explain(e: ValidationError, source: str) -> str:
+def _constraint(err: dict) -> str:
+    """What the value must be, said once (pydantic's own message only for kinds not named here)."""
+    kind, ctx = err["type"], err.get("ctx") or {}
+    if kind in _TYPES:
+        return "expected " + _TYPES[kind]
+    if kind == "enum":
+        return "expected one of " + str(ctx.get("expected", ""))
+    if kind == "bool_for_number":
+        return f"expected {ctx['expected']}, not true/false (YAML reads yes/no/on/off as booleans)"
+    if kind in _BOUNDS:
+        name, op = _BOUNDS[kind]
+        bound = ctx.get(name)
+        return f"must be {op} {bound:g}" if isinstance(bound, float) else f"must be {op} {bound}"
+    if kind == "too_short":
+        return f"needs at least {ctx.get('min_length')} item(s)"
+    if kind == "too_long":
+        return f"takes at most {ctx.get('max_length')} item(s)"
+    if kind == "missing":
+        return "is required"
+    msg = err["msg"]
+    return msg[:1].lower() + msg[1:]
+
+
+def _dotted(loc: tuple) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else ("." if i else "") + str(p)
+                   for i, p in enumerate(loc))
+
+
+def explain(e: ValidationError, source, overrides: dict[str, str] | None = None) -> str:
+    """One line per error: where it came from (the file, or the --set that gave the key), the key,
+    the value (cut to 80 characters) and what it must be."""
     lines = []
     for err in e.errors():
         loc = tuple(err["loc"])
-        dotted = ".".join(str(p) for p in loc)
+        dotted = _dotted(loc)
+        where = _origin(dotted, source, overrides or {})
         if err["type"] == "extra_forbidden":
             close = _closest(str(loc[-1]), loc[:-1])
             model = _model_at(loc[:-1])
             valid = ", ".join(model.model_fields) if model else "?"
             hint = f"; did you mean '{close}'?" if close else ""
-            lines.append(f"{source}: unknown key '{dotted}'{hint} (valid keys here: {valid})")
+            lines.append(f"{where}: unknown key '{dotted}'{hint} (valid keys here: {valid})")
         elif err["type"] == "value_error":
-            lines.append(f"{source}: {err['msg'].removeprefix('Value error, ')}")
+            msg = err["msg"].removeprefix("Value error, ")
+            if not msg.startswith(dotted):        # a field's own check that does not name it
+                msg = f"{dotted} = {short(err.get('input'))} is invalid: {msg}"
+            lines.append(f"{where}: {msg}")
         else:
-            value = err.get("input")
-            lines.append(f"{source}: {dotted} = {value!r} is invalid: expected {_expected(err)}"
-                         + ("" if err["type"] in ("int_parsing", "float_parsing", "bool_parsing",
-                                                  "enum", "string_type", "int_type", "float_type",
-                                                  "bool_type") else f" ({err['msg']})"))
-    return "\n".join(lines)
+            lines.append(f"{where}: {dotted} = {short(err.get('input'))} is invalid: {_constraint(err)}")
+    return "\n".join(dict.fromkeys(lines))          # a union's members can repeat one complaint
 
 
-def _set(raw: dict, dotted: str, value: Any) -> None:
+def _origin(dotted: str, source: str, overrides: dict[str, str]) -> str:
+    """The --set item that gave `dotted` (or the section holding it), else the config's source."""
+    for key, item in reversed(overrides.items()):
+        if dotted == key or dotted.startswith(key + ".") or dotted.startswith(key + "[") \
+                or key.startswith(dotted + "."):
+            return f"--set {clip(item)}"
+    return source
+
+
+def _set(raw: dict, dotted: str, value: Any, item: str) -> None:
     parts = dotted.split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {clip(item)}: '{clip(dotted)}' is not a key path like prune.ratio")
     node = raw
     for p in parts[:-1]:
         if not isinstance(node.setdefault(p, {}), dict):
-            raise ConfigError(f"--set {dotted}: '{p}' is not a section")
+            raise ConfigError(f"--set {clip(item)}: '{p}' is not a section")
         node = node[p]
     node[parts[-1]] = value
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+def _parse_overrides(overrides: list[str]) -> dict[str, tuple[str, Any]]:
+    """dotted key -> (the --set item as given, its YAML value); the last of a key wins, as on a
+    command line."""
+    out: dict[str, tuple[str, Any]] = {}
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"--set '{item}' must look like key.path=value, e.g. prune.ratio=0.4")
+            raise ConfigError(f"--set '{clip(item)}' must look like key.path=value, e.g. prune.ratio=0.4 "
+                              "(make: separate SET items with ';' when a value holds spaces)")
         dotted, text = item.split("=", 1)
-        _set(raw, dotted.strip(), yaml.safe_load(text) if text.strip() else None)
+        try:
+            value = config_yaml.parse(text) if text.strip() else None
+        except config_yaml.YamlError as e:
+            raise ConfigError(f"--set {clip(item)}: the value {clip(repr(text))} is {e}; give a "
+                              "YAML value (a number, true, [1, 2]) or quote text: key='\"...\"'") from None
+        out.pop(dotted.strip(), None)
+        out[dotted.strip()] = (item, value)
+    return out
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file '{clip(str(path))}' does not exist (try configs/default.yaml)")
+    try:
+        text = config_yaml.read_text(path)
+    except config_yaml.YamlError as e:
+        raise ConfigError(f"config file '{clip(str(path))}' {e}") from None
+    try:
+        raw = config_yaml.parse(text)
+    except config_yaml.YamlError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (run, data, ...), "
+                          f"not {short(raw)}")
     return raw
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """The validated config from a YAML file (or defaults when path is None) and `--set` overrides."""
-    raw: dict = {}
-    source = "defaults"
-    if path is not None:
-        path = Path(path)
-        source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file '{path}' does not exist (try configs/default.yaml)")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from e
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections (run, data, ...)")
-    raw = apply_overrides(raw, list(overrides))
+    source = "defaults" if path is None else str(path)
+    raw = {} if path is None else _read(Path(path))
+    parsed = _parse_overrides(list(overrides))
+    for dotted, (item, value) in parsed.items():
+        _set(raw, dotted, value, item)
     try:
-        return Config.model_validate(raw)
+        cfg = Config.model_validate(raw)
     except ValidationError as e:
-        where = source + (" (with --set " + ", ".join(overrides) + ")" if overrides else "")
-        raise ConfigError(explain(e, where)) from None
+        raise ConfigError(explain(e, source, {k: item for k, (item, _) in parsed.items()})) from None
+    too_big = check_sizes(cfg)
+    if too_big:
+        raise ConfigError(f"{source}: {too_big}")
+    return cfg

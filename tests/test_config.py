@@ -50,7 +50,7 @@ def test_bad_enum_lists_choices(tmp_path):
 def test_set_override_is_type_checked():
     cfg = load_config(None, ["finetune.strategy=linear_probe", "prune.ratio=0.4"])
     assert cfg.finetune.strategy is Strategy.linear_probe and cfg.prune.ratio == 0.4
-    with pytest.raises(ConfigError, match=r"--set prune\.ratio=abc\): prune\.ratio = 'abc' is invalid: "
+    with pytest.raises(ConfigError, match=r"^--set prune\.ratio=abc: prune\.ratio = 'abc' is invalid: "
                                            "expected a number"):
         load_config(None, ["prune.ratio=abc"])
     with pytest.raises(ConfigError, match="unknown key 'prune.ratoi'; did you mean 'prune.ratio'"):
@@ -76,3 +76,23 @@ def test_cli_config_show_and_schema(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "pipeline", "status", "--set", "finetune.epochs=3"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown key 'finetune.epochs'" in bad.stderr
+
+
+def test_each_error_is_one_line_naming_its_origin(tmp_path):
+    p = write(tmp_path, "finetune:\n  train:\n    epochs: 0\n    lr: -1\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p, ["prune.steps=on"])
+    assert str(e.value).splitlines() == [
+        f"{p}: finetune.train.epochs = 0 is invalid: must be >= 1",
+        f"{p}: finetune.train.lr = -1 is invalid: must be > 0",
+        "--set prune.steps=on: prune.steps = true is invalid: expected an integer, not true/false "
+        "(YAML reads yes/no/on/off as booleans)"]
+
+
+def test_booleans_stay_out_of_numbers_on_assignment_too():
+    from pydantic import ValidationError
+    cfg = Config()
+    with pytest.raises(ValidationError, match="expected a number, not true/false"):
+        cfg.prune.ratio = True
+    cfg.prune.ratio, cfg.export.dynamic_batch = 0.3, True       # numbers and real booleans still go
+    assert (cfg.prune.ratio, cfg.export.dynamic_batch) == (0.3, True)

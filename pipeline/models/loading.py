@@ -5,9 +5,15 @@ from pathlib import Path
 
 from calibration.preprocess import Preprocessing
 from pipeline.artifact import Artifact, Format
-from pipeline.models.checkpoint import WEIGHTS, load_weights, read_description, save_checkpoint
+from pipeline.models.checkpoint import (WEIGHTS, CheckpointError, load_weights, read_description,
+                                       save_checkpoint)
 from pipeline.models.registry import ModelSpec, build_model
 from pipeline.store import Manifest
+from runtimes import errors
+
+
+class DamagedCheckpoint(RuntimeError, errors.StoreError):
+    """A checkpoint inside the store that no longer reads as one."""
 
 
 def load_checkpoint(ckpt_dir: Path):
@@ -17,7 +23,11 @@ def load_checkpoint(ckpt_dir: Path):
     if desc.get("pruned"):  # narrower layers than the spec builds: see pipeline.models.pruned
         from pipeline.models.pruned import restore_pruned
         restore_pruned(model, Path(ckpt_dir))
-    load_weights(model, Path(ckpt_dir) / WEIGHTS)
+    try:
+        load_weights(model, Path(ckpt_dir) / WEIGHTS)
+    except CheckpointError as e:
+        raise DamagedCheckpoint(f"{e}: the store's copy is damaged; delete {ckpt_dir} or re-run "
+                                "that stage with --force") from None
     return model.eval()
 
 

@@ -5,14 +5,16 @@ plus its spec is a complete, code-free model.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from calibration.preprocess import Preprocessing
-from pipeline.models.checkpoint import load_weights
+from pipeline.models.checkpoint import load_matching
 from pipeline.models.packaged import MEAN_STD, PACKAGED, packaged_state_dict
 from runtimes import errors
 
+logger = logging.getLogger(__name__)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -104,12 +106,40 @@ def _replace_torchvision_head(model, num_classes: int) -> None:
     raise ModelError(f"cannot find the classifier head of torchvision model {type(model).__name__}")
 
 
-def build_model(spec: ModelSpec, weights: str = "pretrained"):
-    """Create the model; `weights` is 'pretrained', 'none', or a checkpoint path (head may differ)."""
+def _head_keys(model) -> set[str]:
+    """State-dict names of the classifier head, which a checkpoint for other classes cannot fill."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if head is None:
+        head = next((getattr(model, a) for a in ("fc", "classifier", "heads") if hasattr(model, a)), None)
+    prefix = next((name for name, m in model.named_modules() if m is head and name), None)
+    return {k for k in model.state_dict() if prefix and k.startswith(prefix + ".")}
+
+
+def build_model(spec: ModelSpec, weights: str = "pretrained", allow_partial: bool = False,
+                key: str = "weights"):
+    """Create the model; `weights` is 'pretrained', 'none', or a checkpoint path (head may differ).
+
+    From a checkpoint, the tensors that fit are loaded and counted: fewer than half of the
+    backbone's (the head aside) means a checkpoint of another architecture, refused with the
+    counts unless `allow_partial` (the config option `<section>.allow_partial_weights`)."""
     if weights in ("pretrained", "none"):
         return _create(spec, pretrained=weights == "pretrained")
     model = _create(spec, pretrained=False)
-    load_weights(model, Path(weights), skip_mismatched=True)
+    loaded = load_matching(model, Path(weights), key)
+    head = _head_keys(model)
+    backbone = set(model.state_dict()) - head
+    got = len(loaded & backbone)
+    logger.info("%s '%s': loaded %d of %d backbone tensors of %s, %d of %d head tensors",
+                key, weights, got, len(backbone), spec.name, len(loaded & head), len(head))
+    if 2 * got < len(backbone) and not allow_partial:
+        option = f", or set {key.rsplit('.', 1)[0]}.allow_partial_weights: true to train on from " \
+                 "random weights where it does not fit" if "." in key else ""
+        raise ModelError(f"{key} '{weights}' fills only {got} of {len(backbone)} backbone tensors "
+                         f"of {spec.name} (fewer than half; names or shapes differ): point {key} "
+                         f"at a checkpoint of {spec.name}{option}")
+    if got < len(backbone):
+        logger.warning("%s '%s': %d backbone tensors of %s start from random weights",
+                       key, weights, len(backbone) - got, spec.name)
     return model
 
 

@@ -10,7 +10,12 @@ from pipeline.train.teacher import train_teacher
 
 
 def params(cfg: Config) -> dict:
-    out = {**data_params(cfg), "finetune": cfg.finetune.model_dump(mode="json"), "seed": cfg.run.seed}
+    # allow_partial_weights decides only whether a run may start, never what it computes
+    ft = cfg.finetune.model_dump(mode="json", exclude={"allow_partial_weights"})
+    out = {**data_params(cfg), "finetune": ft, "seed": cfg.run.seed}
+    if cfg.finetune.weights not in ("pretrained", "none"):   # the file's content, not its path
+        from pipeline.models.checkpoint import weights_sha256
+        out["weights_sha256"] = weights_sha256(cfg.finetune.weights, "finetune.weights")
     if cfg.finetune.adaptation == Adaptation.dann:   # the target's content decides the model too
         from pipeline.train.dann import target_fingerprint
         out["dann_target_fingerprint"] = target_fingerprint(cfg)

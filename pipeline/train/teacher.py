@@ -31,7 +31,7 @@ def train_teacher(cfg: Config, device, weights: str, desc: str, max_seconds: flo
     splits = load_splits(cfg.data, cfg.run.seed)
     spec = ModelSpec(ft.backbone, len(splits.classes), ft.drop_rate, ft.drop_path_rate)
     torch.manual_seed(cfg.run.seed)      # the new head's initialisation is part of the run's seed
-    model = build_model(spec, weights)
+    model = build_model(spec, weights, ft.allow_partial_weights, "finetune.weights")
     pre = model_preprocessing(spec, splits.classes, ft.input_size, ft.crop_pct)
     _, train_set, val_set = _datasets(cfg, pre, ft.train.augment)
     probe_sets = (TorchImageSet(splits.train, pre, None, cfg.run.seed), val_set)
