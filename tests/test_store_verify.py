@@ -165,6 +165,14 @@ def test_forced_downstream_stage_never_reads_a_damaged_input(cfg):
     assert [o.status for o in out] == ["ran", "ran", "cached"] and CALLS == ["finetune", "distill"]
 
 
+@pytest.mark.parametrize("content", ["", "{", "[]", "null"])
+def test_forced_rerun_over_an_unreadable_manifest_replaces_it(cfg, content):
+    (_entry(cfg, "distill") / "manifest.json").write_text(content)
+    out = runner.run(cfg, stages=STAGES, force=frozenset({"distill"}), log=lambda *_: None)
+    assert [o.status for o in out] == ["cached", "ran", "cached"] and CALLS == ["distill"]
+    assert verify_store(cfg.run.store).damaged == []
+
+
 def test_input_changed_after_its_check_stops_the_stage(cfg, monkeypatch):
     """A file damaged between the cache check and its use (another writer) stops with one line."""
     flip_byte(_entry(cfg, "distill") / "out.txt")
