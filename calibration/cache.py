@@ -1,7 +1,8 @@
 """On-disk cache of preprocessed calibration tensors, keyed by the calibration fingerprint.
 
 Decoding and resizing a few hundred images costs more than quantizing a small model; a
-re-run with the same sample and preprocessing loads `<cache_dir>/<fingerprint>.npy` instead.
+re-run with the same sample and preprocessing loads `<cache_dir>/<fingerprint>.npy` instead,
+once its content matches the hash recorded beside it (`calibration.hash_record`).
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from calibration import hash_record
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +27,8 @@ def tensor_cache_path(cache_dir: Path | str, fingerprint: str) -> Path:
 
 
 def save_atomic(path: Path, array: np.ndarray) -> None:
-    """Write `array` to `path` through a temporary file and a rename, so readers never see half a file."""
+    """Write `array` to `path` through a temporary file and a rename, so readers never see half a
+    file, with the hash of its content recorded beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
     try:
@@ -32,15 +36,19 @@ def save_atomic(path: Path, array: np.ndarray) -> None:
             np.save(f, array, allow_pickle=False)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        hash_record.publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
 def load_cached(path: Path) -> np.ndarray | None:
-    """The cached NCHW float32 tensors at `path`, or None when absent or unreadable."""
+    """The cached NCHW float32 tensors at `path`, or None when absent, damaged or unreadable."""
     if not path.is_file():
+        return None
+    why = hash_record.problem(path)
+    if why:
+        log.warning("calibration cache %s: %s; rebuilding it", path, why)
         return None
     try:
         array = np.load(path, allow_pickle=False)

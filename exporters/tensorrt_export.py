@@ -5,6 +5,8 @@ so the cache key holds both next to the ONNX content hash and the build options.
 fp32 and int8 (Q/DQ ONNX, explicit quantization) build strongly typed networks, as TensorRT's
 explicit-quantization guide asks; fp16 uses the FP16 builder flag where the installed TensorRT
 still has it (10.x). With `spec.use_trtexec` and `trtexec` on PATH (a Jetson), trtexec builds.
+Cached engines and the timing cache carry the hash of their content beside them
+(`calibration.hash_record`) and are rebuilt, with a warning, when they do not match it.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from calibration import hash_record
 from calibration.hashing import sha256_file
 from exporters.onnx_export import check_preprocessing_matches, parity_against_onnx
 from exporters.spec import ExportError, ExportSpec, ExportUnavailable, Precision, publish, staging_dir
@@ -88,21 +91,30 @@ def trtexec_command(onnx: Path, engine: Path, spec: ExportSpec, input_name: str 
 
 
 def cached_engine(cache_dir: Path | None, key: str) -> Path | None:
-    """The cached engine for `key`, or None."""
+    """The cached engine for `key` once its content matches its hash record, or None (a damaged
+    one is removed, with a warning, so it is rebuilt)."""
     if cache_dir is None:
         return None
     path = Path(cache_dir) / f"{key}.engine"
-    return path if path.is_file() and path.stat().st_size > 0 else None
+    if not path.is_file():
+        return None
+    why = hash_record.problem(path)
+    if why is None and path.stat().st_size > 0:
+        return path
+    log.warning("tensorrt engine cache %s: %s; rebuilding the engine", path, why or "empty (damaged)")
+    hash_record.discard(path)
+    return None
 
 
 def store_engine(cache_dir: Path, key: str, engine: Path, info: dict) -> Path:
-    """Copy a built engine into the cache (atomically), with a JSON note of what it was built from."""
+    """Copy a built engine into the cache (atomically, its hash recorded beside it), with a JSON
+    note of what it was built from."""
     cache_dir = Path(cache_dir)
     with staging_dir(cache_dir) as tmp:
         shutil.copyfile(engine, tmp / f"{key}.engine")
         (tmp / f"{key}.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
-        publish(tmp / f"{key}.json", cache_dir / f"{key}.json")
-        return publish(tmp / f"{key}.engine", cache_dir / f"{key}.engine")
+        hash_record.publish(tmp / f"{key}.json", cache_dir / f"{key}.json")
+        return hash_record.publish(tmp / f"{key}.engine", cache_dir / f"{key}.engine")
 
 
 def materialize_engine(staged: Path, cache_dir: Path | None, key: str,
@@ -210,7 +222,7 @@ def _build_with_api(onnx_path: Path, engine_path: Path, spec: ExportSpec) -> Non
         timing_cache = Path(spec.timing_cache)
         with staging_dir(timing_cache.parent) as tmp:
             (tmp / timing_cache.name).write_bytes(bytes(cache.serialize()))
-            publish(tmp / timing_cache.name, timing_cache)
+            hash_record.publish(tmp / timing_cache.name, timing_cache)
 
 
 def _build_with_trtexec(onnx_path: Path, engine_path: Path, spec: ExportSpec) -> None:
@@ -218,10 +230,15 @@ def _build_with_trtexec(onnx_path: Path, engine_path: Path, spec: ExportSpec) ->
 
     input_name = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].name
     cmd = trtexec_command(onnx_path, engine_path, spec, input_name)
+    if spec.timing_cache:      # trtexec reads the file itself: a damaged one must not reach it
+        Path(spec.timing_cache).parent.mkdir(parents=True, exist_ok=True)
+        trusted_timing_cache(spec.timing_cache)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise ExportError(f"trtexec exited with {proc.returncode} building {onnx_path.name}: "
                           f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    if spec.timing_cache and Path(spec.timing_cache).is_file():
+        hash_record.write_record(spec.timing_cache)
 
 
 def _add_batch_profile(builder, network, config, spec: ExportSpec) -> None:
@@ -237,11 +254,25 @@ def _add_batch_profile(builder, network, config, spec: ExportSpec) -> None:
         config.add_optimization_profile(profile)
 
 
+def trusted_timing_cache(path: Path | str) -> bytes:
+    """The timing cache's bytes once they match their hash record; b"" (a new cache) when the file
+    is absent, and for a damaged one, which is removed with a warning."""
+    path = Path(path)
+    if not path.is_file():
+        return b""
+    why = hash_record.problem(path)
+    if why is None:
+        return path.read_bytes()
+    log.warning("tensorrt timing cache %s: %s; starting a new one", path, why)
+    hash_record.discard(path)
+    return b""
+
+
 def _attach_timing_cache(config, path: Path | None):
     """Load the timing cache file (or start an empty one) so layer timings carry over between builds."""
     if path is None:
         return None
-    blob = Path(path).read_bytes() if Path(path).is_file() else b""
+    blob = trusted_timing_cache(path)
     cache = config.create_timing_cache(blob)
     if not config.set_timing_cache(cache, ignore_mismatch=False):
         log.warning("timing cache %s was made on another GPU or TensorRT version; starting a new one", path)

@@ -69,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", parents=[common], help="for each stage: cached, stale or not run, with its key")
     _config_args(p)
 
+    p = sub.add_parser("verify", parents=[common], help="check every entry and cache file of a store "
+                       "against its recorded hashes (exit 4 when any is damaged)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("-c", "--config", default="configs/default.yaml", help="YAML config file (its run.store)")
+    where.add_argument("--store", metavar="PATH", help="the store folder to check (instead of a config's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set run.store=/tmp/runs (repeatable)")
+
     p = sub.add_parser("config", help="show the resolved config or its JSON Schema")
     csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     _config_args(csub.add_parser("show", parents=[common], help="print the resolved config (defaults filled in)"))
@@ -94,6 +102,24 @@ def _cmd_status(args) -> int:
     from pipeline import runner
     from pipeline.config_load import load_config
     runner.print_status(runner.status(load_config(args.config, args.set)))
+    return 0
+
+
+def _cmd_verify(args) -> int:
+    from pipeline.store import shown
+    from pipeline.verify import verify_locked
+    if args.store is None:
+        from pipeline.config_load import load_config
+        root = load_config(args.config, args.set).run.store
+    else:
+        root = args.store
+    verdict = verify_locked(root)
+    for damage in verdict.damaged:
+        print(damage)
+    for path in verdict.unchecked:
+        print(f"{shown(path)}: no hash record beside it (written by an older edgeship); not checked")
+    print(verdict.summary())
+    verdict.raise_if_damaged()
     return 0
 
 
@@ -124,7 +150,7 @@ def _cmd_compare(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "status": _cmd_status, "config": _cmd_config,
+COMMANDS = {"run": _cmd_run, "status": _cmd_status, "verify": _cmd_verify, "config": _cmd_config,
             "runtimes": _cmd_runtimes, "compare": _cmd_compare}
 
 

@@ -1,7 +1,10 @@
-"""Run the stages in order through the cache: a stage runs only when its key has no committed entry."""
+"""Run the stages in order through the cache: a stage runs only when its key has no committed entry
+whose manifest and outputs check out; a damaged entry is named in one log line and re-run."""
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -14,7 +17,7 @@ from pipeline.hashing import sha256_json
 from pipeline.stage_order import STAGE_NAMES
 from pipeline.stages import STAGES
 from pipeline.stages.base import Context, Stage
-from pipeline.store import Manifest, Store
+from pipeline.store import NO_SPACE, Manifest, Store, StoreDamaged, unusable
 from runtimes.environment import machine_fingerprint, software_environment
 
 logger = logging.getLogger(__name__)
@@ -23,10 +26,11 @@ logger = logging.getLogger(__name__)
 @dataclass
 class Outcome:
     stage: str
-    status: str          # "cached" | "ran" | "stale" | "not run" | "waiting"
+    status: str          # "cached" | "ran" | "stale" | "not run" | "waiting" | "damaged"
     key: str | None
     finished: float | None = None
     seconds: float | None = None
+    damage: str | None = None    # for "damaged": the file and why
 
 
 def _stage(name: str, stages: tuple[Stage, ...] = STAGES) -> Stage:
@@ -63,13 +67,17 @@ def stage_key(stage: Stage, cfg: Config, inputs: dict[str, Manifest]) -> str:
 
 def _execute(stage: Stage, cfg: Config, store: Store, key: str, inputs: dict[str, Manifest],
              main_process: bool) -> Manifest | None:
+    _check_inputs(stage, inputs)
     staging = (store.staging_dir(stage.name, key) if main_process
                else Path(tempfile.mkdtemp(prefix=f"edgeship-{stage.name}-")))
     started = time.time()
     try:
         result = stage.run(Context(cfg=cfg, inputs=inputs, out_dir=staging, store_root=store.root))
-    except BaseException:
+    except BaseException as exc:
+        full = _no_space(exc, staging) if isinstance(exc, Exception) else None
         shutil.rmtree(staging, ignore_errors=True)
+        if full is not None:
+            raise unusable(store.root, full, f"{stage.name} wrote its files") from exc
         raise
     if not main_process:
         shutil.rmtree(staging, ignore_errors=True)
@@ -82,6 +90,33 @@ def _execute(stage: Stage, cfg: Config, store: Store, key: str, inputs: dict[str
         outputs=result.outputs, metrics=result.metrics, environment=software_environment(),
         timings={"started": started, "finished": finished, "seconds": round(finished - started, 3)})
     return store.commit(staging, manifest)
+
+
+def _check_inputs(stage: Stage, inputs: dict[str, Manifest]) -> None:
+    """Every input artifact, hashed again right before the stage reads it: an entry checked (or
+    written) earlier in this run may have been changed since by something else."""
+    for manifest in inputs.values():
+        damage = manifest.damage()
+        if damage:
+            raise StoreDamaged(damage, f"it changed after this run checked it, so {stage.name} was not "
+                                       "started; make sure nothing else writes the store, then run again")
+
+
+def _no_space(exc: BaseException, staging: Path) -> OSError | None:
+    """The out-of-space error behind `exc`, or None. Libraries wrap it (safetensors says "os error
+    28", torch only "file write failed"), so the disk's free space is asked as well."""
+    texts, seen = [], 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            return exc
+        texts.append(str(exc))
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    said = any(os.strerror(e) in t or f"os error {e}" in t for t in texts for e in NO_SPACE)
+    try:
+        empty = shutil.disk_usage(staging).free < (1 << 20)
+    except OSError:
+        empty = False
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) if said or empty else None
 
 
 def run(cfg: Config, target: str | None = None, force: frozenset[str] = frozenset(),
@@ -101,8 +136,12 @@ def run(cfg: Config, target: str | None = None, force: frozenset[str] = frozense
         for stage in todo:
             inputs = {d: manifests[d] for d in stage.deps}
             key = stage_key(stage, cfg, inputs)
-            hit = store.get(stage.name, key)
-            if hit and stage.name not in force:
+            hit = None
+            if stage.name not in force:
+                hit, damage = store.lookup(stage.name, key)
+                if damage:
+                    logger.warning(f"{damage}; re-running {stage.name}")
+            if hit:
                 log(f"{stage.name:<10} cached   key {key}  ({_when(hit.timings.get('finished'))})")
                 outcomes.append(Outcome(stage.name, "cached", key, hit.timings.get("finished")))
                 manifests[stage.name] = hit
@@ -137,8 +176,10 @@ def _when(ts: float | None) -> str:
 
 
 def status(cfg: Config, stages: tuple[Stage, ...] = STAGES) -> list[Outcome]:
-    """For each stage: cached (its current key is committed), stale (only other keys), or not run."""
+    """For each stage: cached (its current key is committed and checks out), damaged (it does not:
+    the file and why), stale (only other keys), or not run."""
     store = Store(cfg.run.store)
+    store.check_root()
     manifests: dict[str, Manifest] = {}
     out = []
     for stage in stages:
@@ -149,8 +190,10 @@ def status(cfg: Config, stages: tuple[Stage, ...] = STAGES) -> list[Outcome]:
                                older[0].timings.get("finished") if older else None))
             continue
         key = stage_key(stage, cfg, {d: manifests[d] for d in stage.deps})
-        hit = store.get(name, key)
-        if hit:
+        hit, damage = store.lookup(name, key)
+        if damage:
+            out.append(Outcome(name, "damaged", key, damage=str(damage)))
+        elif hit:
             manifests[name] = hit
             out.append(Outcome(name, "cached", key, hit.timings.get("finished")))
         else:
@@ -163,4 +206,5 @@ def status(cfg: Config, stages: tuple[Stage, ...] = STAGES) -> list[Outcome]:
 def print_status(outcomes: list[Outcome], stream=sys.stdout) -> None:
     for o in outcomes:
         when = _when(o.finished) if o.finished else "-"
-        print(f"{o.stage:<10} {o.status:<9} key {o.key or '-':<16}  last run {when}", file=stream)
+        tail = f"  {o.damage}" if o.damage else ""
+        print(f"{o.stage:<10} {o.status:<9} key {o.key or '-':<16}  last run {when}{tail}", file=stream)

@@ -137,7 +137,8 @@ def test_cache_hit_reads_no_images(tmp_path):
     t1 = first.tensors()
     assert first.cache_hit is False and first_set.reads == 25
     assert tensor_cache_path(tmp_path, first.fingerprint).is_file()
-    assert [p.name for p in tmp_path.iterdir()] == [f"{first.fingerprint}.npy"]  # no temp files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{first.fingerprint}.npy",   # no temp files left
+                                                          f"{first.fingerprint}.npy.sha256"]
 
     second = CalibrationSource.from_imageset(second_set, PRE, size=25, seed=0, cache_dir=tmp_path)
     t2 = second.tensors()

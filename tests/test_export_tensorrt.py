@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 
+from calibration import hash_record
 from calibration.preprocess import Preprocessing
 from exporters import ExportError, ExportSpec, ExportUnavailable, export
 from exporters.tensorrt_export import (
@@ -95,6 +96,7 @@ def test_cache_hit_returns_stored_engine_without_building(tmp_path):
     cache, key = tmp_path / "cache", "k" * 64
     cache.mkdir()
     (cache / f"{key}.engine").write_bytes(b"cached-engine-bytes")
+    hash_record.write_record(cache / f"{key}.engine")
 
     def must_not_build(path):
         raise AssertionError("built although the cache holds the engine")
@@ -118,7 +120,8 @@ def test_cache_miss_builds_once_then_hits(tmp_path):
     assert materialize_engine(tmp_path / "b.engine", cache, "k1", build, info) is True
     assert (tmp_path / "b.engine").read_bytes() == b"engine-v1" and len(builds) == 1
     assert materialize_engine(tmp_path / "c.engine", cache, "k2", build, info) is False and len(builds) == 2
-    assert sorted(p.name for p in cache.iterdir()) == ["k1.engine", "k1.json", "k2.engine", "k2.json"]
+    assert sorted(p.name for p in cache.iterdir()) == [f"{k}.{ext}" for k in ("k1", "k2") for ext in
+                                                       ("engine", "engine.sha256", "json", "json.sha256")]
 
 
 def test_no_cache_dir_always_builds_and_empty_build_is_an_error(tmp_path):

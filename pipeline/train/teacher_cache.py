@@ -3,7 +3,8 @@ does not run the teacher every epoch (nor again in the next run with the same te
 
 Key = the teacher artifact's sha256 + the data fingerprint + the teacher's preprocessing: a
 retrained teacher, changed data or a new input size each miss; nothing else can serve stale
-logits, because names and mtimes are not part of the key.
+logits, because names and mtimes are not part of the key. A file is read only once its content
+matches the hash recorded beside it; a damaged one is recomputed with a warning.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from calibration import hash_record
 from calibration.preprocess import Preprocessing
 from pipeline.config import Augment
 from pipeline.hashing import sha256_json
@@ -51,8 +53,8 @@ class TeacherLogitCache:
         """The cached logits, or `compute()` stored atomically (a killed run leaves no partial file)."""
         key = cache_key(teacher_sha256, data_fingerprint, preprocessing)
         path = self.path(key)
-        if path.is_file():
-            logits = np.load(path)
+        logits = self._load(path) if path.is_file() else None
+        if logits is not None:
             if expected_rows is None or logits.shape[0] == expected_rows:
                 self.hits += 1
                 self.log(f"  teacher logits: cache hit {path.name[:16]} ({logits.shape[0]} samples)")
@@ -65,11 +67,26 @@ class TeacherLogitCache:
             raise ValueError(f"teacher produced {logits.shape[0]} logit rows for {expected_rows} samples")
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-        np.save(tmp, logits)
-        os.replace(tmp, path)
+        try:
+            np.save(tmp, logits, allow_pickle=False)
+            hash_record.publish(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         self.log(f"  teacher logits: cache miss, computed and stored {path.name[:16]} "
                  f"({logits.shape[0]} samples)")
         return logits
+
+    @staticmethod
+    def _load(path: Path) -> np.ndarray | None:
+        """The logits at `path` once they match their hash record, else None (logged)."""
+        why = hash_record.problem(path)
+        if why is None:
+            try:
+                return np.load(path, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                why = f"unreadable ({exc})"
+        logger.warning(f"teacher logits cache {path}: {why}; recomputing")
+        return None
 
     def stats(self) -> dict:
         return {"hits": self.hits, "misses": self.misses, "folder": str(self.folder)}
