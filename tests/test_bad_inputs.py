@@ -3,6 +3,7 @@ the fix: config files and --set values (through `config show`), weights checkpoi
 `run finetune`), and the Makefile's CONFIG / SET / ARGS with spaces in their values."""
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -181,8 +182,11 @@ def test_weights_content_is_in_the_key_and_partial_loads_are_counted(cli, tiny_a
 # ---------------------------------------------------------------- the Makefile
 def _make_line(*assignments: str) -> list[str]:
     """The edgeship command `make -n finetune` would run, split as the shell splits it."""
-    done = subprocess.run(["make", "-n", "finetune", *assignments], capture_output=True, text=True,
-                          timeout=60, check=True)
+    # Run as a top-level make: under `make test` the inherited MAKEFLAGS would add
+    # "Entering/Leaving directory" lines around the command.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    done = subprocess.run(["make", "--no-print-directory", "-n", "finetune", *assignments],
+                          capture_output=True, text=True, timeout=60, check=True, env=env)
     return shlex.split(done.stdout.strip().splitlines()[-1])[1:]
 
 
