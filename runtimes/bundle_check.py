@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 
@@ -98,10 +98,15 @@ def verify_bundle(bundle_dir: Path, run_fn: Callable[[np.ndarray], np.ndarray],
     bound and the agreement. `expected_sha256` is passed on to `read_bundle`.
     """
     bundle_dir = Path(bundle_dir)
-    manifest = read_bundle(bundle_dir, expected_sha256)
+    return check_golden(bundle_dir, read_bundle(bundle_dir, expected_sha256), run_fn)
+
+
+def check_golden(bundle_dir: Path, manifest: dict, run_fn: Callable[[np.ndarray], np.ndarray]) -> ParityResult:
+    """The golden comparison of `verify_bundle` for a bundle already read with `read_bundle`
+    (`manifest`), so a caller that loads the model in between hashes the files once."""
+    bundle_dir = Path(bundle_dir)
     inputs, expected = _golden(bundle_dir / GOLDEN)
-    dim0 = manifest["inputs"][0]["shape"][0] if manifest["inputs"] and manifest["inputs"][0]["shape"] else None
-    fixed = dim0 if isinstance(dim0, int) and dim0 > 0 else None
+    fixed = static_batch(manifest)
     try:
         result = compare_logits(expected, run_in_chunks(run_fn, inputs, fixed), manifest["precision"])
     except ParityError as e:
@@ -111,6 +116,14 @@ def verify_bundle(bundle_dir: Path, run_fn: Callable[[np.ndarray], np.ndarray],
         raise BundleError(f"bundle {bundle_dir} does not reproduce its golden outputs: {result.describe()}; "
                           "the model, runtime or preprocessing here differs from what was exported")
     return result
+
+
+def static_batch(manifest: dict) -> Optional[int]:
+    """The model's static batch size as model.json records it, None for a dynamic batch axis."""
+    inputs = manifest.get("inputs") or [{}]
+    shape = inputs[0].get("shape") if isinstance(inputs[0], dict) else None
+    dim0 = shape[0] if shape else None
+    return dim0 if isinstance(dim0, int) and dim0 > 0 else None
 
 
 def _with_int8_bound(result: ParityResult, golden: np.ndarray) -> ParityResult:
