@@ -310,3 +310,39 @@ def test_engine_key_holds_the_l4t_release():
     assert engine_cache_key(**args, l4t_release=None) == plain
     assert len({plain, engine_cache_key(**args, l4t_release="R35.4.1"),
                 engine_cache_key(**args, l4t_release="R36.3.0")}) == 3
+
+
+def test_device_engine_build_is_cached_by_key(tmp_path, monkeypatch):
+    from runtimes import tensorrt_build
+    builds = []
+
+    def fake_build(onnx_path, engine_path, precision, level, workspace, timing, opt, top):
+        builds.append((precision, level, workspace, timing, opt, top))
+        Path(engine_path).write_bytes(b"engine built from " + Path(onnx_path).read_bytes())
+
+    monkeypatch.setattr(tensorrt_build, "build_engine", fake_build)
+    monkeypatch.setattr(tensorrt_build, "gpu_target", lambda: {"tensorrt": "10.3.0", "gpu": "Orin",
+                                                               "compute_capability": "8.7"})
+    monkeypatch.setattr(telemetry, "l4t_release", lambda: "R36.3.0")
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"onnx")
+    settings = {"engine_cache": str(tmp_path / "engines"), "timing_cache": str(tmp_path / "engines/t.cache"),
+                "optimization_level": 4, "workspace_mb": 512}
+    first = tensorrt_build.build_on_device(onnx_file, "ab" * 32, "int8", tmp_path / "a.engine", settings, 4, 4, True)
+    again = tensorrt_build.build_on_device(onnx_file, "ab" * 32, "int8", tmp_path / "b.engine", settings, 4, 4, True)
+    assert (first["cache"], again["cache"]) == ("miss", "hit") and first["key"] == again["key"]
+    assert builds == [("int8", 4, 512, tmp_path / "engines/t.cache", 4, 4)]
+    assert (tmp_path / "b.engine").read_bytes() == b"engine built from onnx"
+    assert first["l4t_release"] == "R36.3.0" and first["options"]["max_batch_size"] == 4
+    other = tensorrt_build.build_on_device(onnx_file, "ab" * 32, "int8", tmp_path / "c.engine",
+                                           dict(settings, workspace_mb=1024), 4, 4, True)
+    assert other["cache"] == "miss" and other["key"] != first["key"] and len(builds) == 2
+
+
+def test_tensorrt_without_torch_is_unavailable_with_the_reason(monkeypatch):
+    from runtimes import device_runner, tensorrt_runtime
+    monkeypatch.setattr(tensorrt_runtime, "unavailable", lambda device: "torch cannot be imported (x)")
+    monkeypatch.setattr(device_runner, "import_failure", lambda name: None if name == "tensorrt" else "missing")
+    assert device_runner._unavailable(tensorrt_runtime, "cuda") == (
+        "TensorRT rows on the device need torch or cuda-python (torch cannot be imported (x)); install torch "
+        "for this JetPack to hold the CUDA buffers")
