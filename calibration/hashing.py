@@ -1,17 +1,7 @@
-"""Content hashes of files, in the lowest layer so pipeline, exporters and runtimes share one.
-
-Caches, bundles and manifests trust a file only by its content, never by its name or mtime.
-"""
+"""Content hashes of files: `sha256_file` lives in runtimes/hashing.py (the device runner carries
+only runtimes/); this name stays for the pipeline and exporters."""
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
+from runtimes.hashing import sha256_file
 
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's content, read in blocks of `chunk` bytes (1 MiB)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+__all__ = ["sha256_file"]

@@ -11,7 +11,6 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Iterator
 
@@ -19,27 +18,9 @@ import numpy as np
 
 from calibration.preprocess import Preprocessing
 from runtimes import errors
+from runtimes.precision import Precision  # noqa: F401  (re-exported: exporters.spec.Precision)
 
 PREPROCESSING_KEY = "edgeship.preprocessing"  # ONNX metadata_props key; rt_info path in OpenVINO
-
-
-class Precision(str, Enum):
-    """Numeric precision of an exported artifact; int8 means a Q/DQ (explicitly quantized) graph."""
-
-    FP32 = "fp32"
-    FP16 = "fp16"
-    INT8 = "int8"
-
-    @classmethod
-    def parse(cls, value: "Precision | str") -> "Precision":
-        """Accept an enum member or its string ('fp32', 'fp16', 'int8'), with a clear error otherwise."""
-        if isinstance(value, cls):
-            return value
-        try:
-            return cls(str(value).lower())
-        except ValueError:
-            known = ", ".join(p.value for p in cls)
-            raise ValueError(f"precision {value!r} is not one of {known}") from None
 
 
 class ExportError(RuntimeError, errors.StageFailed):

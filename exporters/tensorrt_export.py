@@ -10,7 +10,6 @@ Cached engines and the timing cache carry the hash of their content beside them
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -24,10 +23,13 @@ from calibration import hash_record
 from calibration.hashing import sha256_file
 from exporters.onnx_export import check_preprocessing_matches, parity_against_onnx
 from exporters.spec import ExportError, ExportSpec, ExportUnavailable, Precision, publish, staging_dir
+from runtimes import tensorrt_build
 from runtimes.execution import open_model
+from runtimes.telemetry import l4t_release
+# Key, cache and build live in runtimes/ because devices build engines too; one copy.
+from runtimes.tensorrt_build import (BUILD_RECIPE, EngineBuildError, cached_engine,  # noqa: F401
+                                     engine_cache_key, store_engine, trusted_timing_cache)
 
-# Bump when the way engines are built changes, so cached engines built the old way are not reused.
-BUILD_RECIPE = 1
 INSTALL_HINT = ("TensorRT is not installed: pip install 'edgeship[tensorrt]' on a machine with an "
                 "NVIDIA GPU, or use JetPack's TensorRT on a Jetson")
 
@@ -48,18 +50,6 @@ def unavailable() -> str | None:
         return ("no CUDA GPU is visible (torch.cuda.is_available() is False): TensorRT engines are built "
                 "on the GPU that runs them; run the export on the target machine")
     return None
-
-
-def engine_cache_key(onnx_sha256: str, trt_version: str, gpu_name: str,
-                     compute_capability: tuple[int, int] | str, precision: Precision | str,
-                     options: dict) -> str:
-    """Content key of an engine: same ONNX, TensorRT, GPU, precision and options give the same key."""
-    if isinstance(compute_capability, (tuple, list)):
-        compute_capability = ".".join(str(int(c)) for c in compute_capability)
-    payload = {"onnx": onnx_sha256, "tensorrt": str(trt_version), "gpu": gpu_name,
-               "compute_capability": str(compute_capability),
-               "precision": Precision.parse(precision).value, "options": options}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def cache_options(spec: ExportSpec) -> dict:
@@ -90,48 +80,6 @@ def trtexec_command(onnx: Path, engine: Path, spec: ExportSpec, input_name: str 
     return cmd
 
 
-def cached_engine(cache_dir: Path | None, key: str) -> Path | None:
-    """The cached engine for `key` once its content matches its hash record, or None (a damaged
-    one is removed, with a warning, so it is rebuilt)."""
-    if cache_dir is None:
-        return None
-    path = Path(cache_dir) / f"{key}.engine"
-    if not path.is_file():
-        return None
-    why = hash_record.problem(path)
-    if why is None and path.stat().st_size > 0:
-        return path
-    log.warning("tensorrt engine cache %s: %s; rebuilding the engine", path, why or "empty (damaged)")
-    hash_record.discard(path)
-    return None
-
-
-def store_engine(cache_dir: Path, key: str, engine: Path, info: dict) -> Path:
-    """Copy a built engine into the cache (atomically, its hash recorded beside it), with a JSON
-    note of what it was built from."""
-    cache_dir = Path(cache_dir)
-    with staging_dir(cache_dir) as tmp:
-        shutil.copyfile(engine, tmp / f"{key}.engine")
-        (tmp / f"{key}.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
-        hash_record.publish(tmp / f"{key}.json", cache_dir / f"{key}.json")
-        return hash_record.publish(tmp / f"{key}.engine", cache_dir / f"{key}.engine")
-
-
-def materialize_engine(staged: Path, cache_dir: Path | None, key: str,
-                       build: Callable[[Path], None], info: dict) -> bool:
-    """Write the engine for `key` to `staged`: from the cache if present (True), else by `build` (False)."""
-    hit = cached_engine(cache_dir, key)
-    if hit is not None:
-        shutil.copyfile(hit, staged)
-        return True
-    build(staged)
-    if not staged.is_file() or staged.stat().st_size == 0:
-        raise ExportError(f"TensorRT build wrote no engine to {staged}")
-    if cache_dir is not None:
-        store_engine(cache_dir, key, staged, info)
-    return False
-
-
 def export_onnx_to_tensorrt(src: Path, out_dir: Path, spec: ExportSpec) -> Path:
     """Build (or fetch from the cache) `<out_dir>/<stem>.engine` and check it against the ONNX."""
     reason = unavailable()
@@ -150,7 +98,7 @@ def export_onnx_to_tensorrt(src: Path, out_dir: Path, spec: ExportSpec) -> Path:
                                     "engine needs an fp16 ONNX; export fp32 or int8 (Q/DQ) instead")
     target = _target()
     key = engine_cache_key(sha256_file(src), target["tensorrt"], target["gpu"], target["compute_capability"],
-                           spec.precision, cache_options(spec))
+                           spec.precision, cache_options(spec), target["l4t_release"])
     info = {**target, "key": key, "source": src.name, "precision": spec.precision.value,
             "options": cache_options(spec)}
     use_trtexec = spec.use_trtexec and shutil.which("trtexec") is not None
@@ -194,37 +142,6 @@ def check_qdq_for_tensorrt(onnx_path: Path) -> None:
                           "int8 activations and weights and unquantized biases (QuantizeBias=False) for TensorRT")
 
 
-def _build_with_api(onnx_path: Path, engine_path: Path, spec: ExportSpec) -> None:
-    import tensorrt as trt
-
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    flags = 0 if spec.precision is Precision.FP16 else 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ExportError(f"TensorRT could not parse {onnx_path.name}: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, spec.workspace_mb << 20)
-    config.builder_optimization_level = spec.optimization_level
-    if spec.precision is Precision.FP16:
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif spec.precision is Precision.FP32 and hasattr(trt.BuilderFlag, "TF32"):
-        config.clear_flag(trt.BuilderFlag.TF32)
-    _add_batch_profile(builder, network, config, spec)
-    cache = _attach_timing_cache(config, spec.timing_cache)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise ExportError(f"TensorRT failed to build an engine from {onnx_path.name} (see the log above)")
-    engine_path.write_bytes(bytes(serialized))
-    if cache is not None and spec.timing_cache:
-        timing_cache = Path(spec.timing_cache)
-        with staging_dir(timing_cache.parent) as tmp:
-            (tmp / timing_cache.name).write_bytes(bytes(cache.serialize()))
-            hash_record.publish(tmp / timing_cache.name, timing_cache)
-
-
 def _build_with_trtexec(onnx_path: Path, engine_path: Path, spec: ExportSpec) -> None:
     import onnx
 
@@ -241,51 +158,30 @@ def _build_with_trtexec(onnx_path: Path, engine_path: Path, spec: ExportSpec) ->
         hash_record.write_record(spec.timing_cache)
 
 
-def _add_batch_profile(builder, network, config, spec: ExportSpec) -> None:
-    """Dynamic-batch inputs need an optimization profile: batch 1 .. max, tuned for spec.batch_size."""
-    profile, dynamic = builder.create_optimization_profile(), False
-    for i in range(network.num_inputs):
-        tensor = network.get_input(i)
-        dims = tuple(tensor.shape)
-        if dims and dims[0] < 0:
-            rest, dynamic = dims[1:], True
-            profile.set_shape(tensor.name, (1, *rest), (spec.batch_size, *rest), (spec.max_batch_size, *rest))
-    if dynamic:
-        config.add_optimization_profile(profile)
+def materialize_engine(staged: Path, cache_dir: Path | None, key: str,
+                       build: Callable[[Path], None], info: dict) -> bool:
+    """Write the engine for `key` to `staged`: from the cache if present (True), else by `build` (False)."""
+    try:
+        return tensorrt_build.materialize_engine(staged, cache_dir, key, build, info)
+    except EngineBuildError as err:
+        raise ExportError(str(err)) from None
 
 
-def trusted_timing_cache(path: Path | str) -> bytes:
-    """The timing cache's bytes once they match their hash record; b"" (a new cache) when the file
-    is absent, and for a damaged one, which is removed with a warning."""
-    path = Path(path)
-    if not path.is_file():
-        return b""
-    why = hash_record.problem(path)
-    if why is None:
-        return path.read_bytes()
-    log.warning("tensorrt timing cache %s: %s; starting a new one", path, why)
-    hash_record.discard(path)
-    return b""
-
-
-def _attach_timing_cache(config, path: Path | None):
-    """Load the timing cache file (or start an empty one) so layer timings carry over between builds."""
-    if path is None:
-        return None
-    blob = trusted_timing_cache(path)
-    cache = config.create_timing_cache(blob)
-    if not config.set_timing_cache(cache, ignore_mismatch=False):
-        log.warning("timing cache %s was made on another GPU or TensorRT version; starting a new one", path)
-        cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
-    return cache
+def _build_with_api(onnx_path: Path, engine_path: Path, spec: ExportSpec) -> None:
+    try:
+        tensorrt_build.build_engine(onnx_path, engine_path, spec.precision, spec.optimization_level,
+                                    spec.workspace_mb, spec.timing_cache, spec.batch_size, spec.max_batch_size)
+    except EngineBuildError as err:
+        raise ExportError(str(err)) from None
 
 
 def _target() -> dict:
-    import tensorrt as trt
+    target = tensorrt_build.gpu_target(_torch_device_index())
+    target["l4t_release"] = l4t_release()
+    return target
+
+
+def _torch_device_index() -> int:
     import torch
 
-    device = torch.cuda.current_device()
-    return {"tensorrt": trt.__version__, "gpu": torch.cuda.get_device_name(device),
-            "compute_capability": ".".join(map(str, torch.cuda.get_device_capability(device)))}
-
+    return torch.cuda.current_device()

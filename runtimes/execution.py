@@ -53,13 +53,16 @@ class Loaded:
 
 
 def open_model(model: Any, fmt: Any, runtime: str | None = None, device: str | None = None,
-               threads: int | None = None, precision: str = "fp32", pin: bool = True) -> Loaded:
+               threads: int | None = None, precision: str = "fp32", pin: bool = True,
+               fixed_batch: int | None = None) -> Loaded:
     """Load `model` (a file path, or an in-memory model the runtime accepts) of format `fmt`.
 
     `runtime` defaults to the format's scoring runtime and `device` to the runtime's default.
     With `pin`, runtimes that would otherwise compute in a precision of their own choosing
     (OpenVINO picks bf16 on CPUs that have it) compute in the artifact's `precision`, so the
-    numbers describe the file, not the device's policy.
+    numbers describe the file, not the device's policy. `fixed_batch` gives the model's batch axis
+    when the caller already knows it (a bundle's model.json records it; 0: dynamic), so a device
+    without the format's library (onnx) need not read the file for it.
     """
     import runtimes
     handler = formats.get(fmt)
@@ -71,7 +74,10 @@ def open_model(model: Any, fmt: Any, runtime: str | None = None, device: str | N
     pinning = getattr(module, "pinned_options", None)
     options = pinning(precision, device) if pin and pinning else {}
     session = module.load(model, device, threads, **options)
-    fixed = handler.static_batch(model) if isinstance(model, (str, Path)) else None
+    if fixed_batch is not None:
+        fixed = fixed_batch or None
+    else:
+        fixed = handler.static_batch(model) if isinstance(model, (str, Path)) else None
     return Loaded(session, module.NAME, device, handler.name, fixed, threads)
 
 
