@@ -80,9 +80,10 @@ def plan(cands: list[Candidate], target: Target, cfg: Config) -> list[dict]:
 
 
 def _base(item: dict, target: Target, batch, threads: int, fingerprint: str | None) -> dict:
-    from pipeline.measure.rows import row_id
     cand, device = item["cand"], f"{target.name}/{item['device']}"
-    return {"id": row_id(cand.name, item["runtime"], device, batch), "artifact": cand.name,
+    # rows.row_id's format (rows imports this module, so it is not imported back)
+    rid = f"{cand.name}@{item['runtime']}/{device}/b{batch if batch is not None else '-'}"
+    return {"id": rid, "artifact": cand.name,
             "stage": cand.stage, "output": cand.output, "format": cand.format.value,
             "precision": item["precision"], "runtime": item["runtime"], "runtime_version": None,
             "device": device, "batch": batch, "threads": threads, "sha256": cand.sha256,
