@@ -25,7 +25,7 @@ endif
 RUNARGS = -c $(call quote,$(CONFIG)) $(SETARGS) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup all finetune distill prune quantize export benchmark report check status test test-fast clean
+.PHONY: help setup all finetune distill prune quantize export benchmark report check status targets test test-deps test-fast clean
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -70,10 +70,19 @@ check: setup ## budgets -> exit code and JUnit XML (CI gate)
 status: setup ## cached / stale / not run, per stage
 	$(EDGESHIP) status $(RUNARGS)
 
+targets: setup ## check every target of CONFIG: reachable, Python, numpy, runtimes, fingerprint
+	$(EDGESHIP) targets $(RUNARGS)
+
+# The target tests talk to a real sshd on 127.0.0.1; install it where apt can (they skip otherwise).
+test-deps: ## install what the tests need beyond Python packages (openssh-server, when apt exists)
+	@if [ ! -x /usr/sbin/sshd ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get install -y openssh-server || echo "test-deps: openssh-server not installed; the target tests will skip"; \
+	fi
+
 # Each test file runs in a fresh interpreter: one process that has run the whole suite through
 # torch, ONNX Runtime, OpenVINO and NNCF has crashed in malloc near its end (heap corruption
 # inside a native library), and a crash would hide every result after it.
-test: setup ## run the test suite, each file in its own interpreter
+test: setup test-deps ## run the test suite, each file in its own interpreter
 	@failed=""; for f in tests/test_*.py; do \
 	  echo "== $$f"; $(PY) -m pytest -q -p no:cacheprovider "$$f" || failed="$$failed $$f"; \
 	done; \

@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("runtimes", parents=[common], help="list inference runtimes, versions, devices, or why unavailable")
 
+    p = sub.add_parser("targets", parents=[common], help="list the config's targets and check each "
+                       "(reachable, Python, numpy, runtimes, fingerprint); exit 8 when a required one is not")
+    _config_args(p)
+
     p = sub.add_parser("compare", parents=[common], help="what changed between two runs' reports")
     p.add_argument("run_a", help="a report.json, or a folder holding one")
     p.add_argument("run_b", help="a report.json, or a folder holding one")
@@ -144,6 +148,12 @@ def _cmd_runtimes(args) -> int:
     return 0
 
 
+def _cmd_targets(args) -> int:
+    from pipeline.config_load import load_config
+    from pipeline.targets.check import check_targets
+    return check_targets(load_config(args.config, args.set).targets)
+
+
 def _cmd_compare(args) -> int:
     from pipeline.compare.reports import compare_reports
     print(compare_reports(args.run_a, args.run_b))
@@ -151,7 +161,7 @@ def _cmd_compare(args) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "status": _cmd_status, "verify": _cmd_verify, "config": _cmd_config,
-            "runtimes": _cmd_runtimes, "compare": _cmd_compare}
+            "runtimes": _cmd_runtimes, "targets": _cmd_targets, "compare": _cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 import runtimes as _runtimes
 from pipeline.config_strict import Strict
+from pipeline.config_targets import Targets
 
 MAX_INPUT_SIZE = 2048      # px; beyond it one image is 48 MiB as float, a batch no edge model takes
 
@@ -314,3 +315,5 @@ class Config(Strict):
     export: Export = Export()
     benchmark: Benchmark = Benchmark()
     check: Check = Check()
+    targets: Targets = Field(default_factory=list, description="machines measured besides this "
+                             "one (see pipeline/config_targets.py); empty: this machine only")

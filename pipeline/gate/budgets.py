@@ -8,6 +8,10 @@
     max_p90_vs_teacher  {"runtime/device": ratio}: that same row's p90 over the teacher's p90 (the
                         headline's PyTorch eager FP32 row)  <= limit; 0.5 = at least 2x faster
     max_size_mb         size on disk of the deployed model (MB = 10^6 bytes)  <= limit
+    required targets    every target with `required: true` has at least one measured row
+
+A 'runtime/device' key may name a configured target as its device ('onnxruntime/jetson': the
+fastest shippable row on any of its devices) or one of its devices ('onnxruntime/jetson/cuda').
 
 A p90 budget for a runtime/device that cannot run here (TensorRT on a CPU machine) is skipped
 with the reason, so one budget file serves every CI machine; a key that matches no row at all
@@ -61,7 +65,10 @@ def _row(report: dict, row_id: str | None) -> dict | None:
 def _fastest_shippable(report: dict, runtime: str, device: str) -> tuple[dict | None, list[dict], str]:
     """(row, the rows of that runtime/device, note) for a p90 budget."""
     h = report.get("headline") or {}
-    rows = [r for r in report["rows"] if r["runtime"] == runtime and r["device"] == device]
+    # A configured target's name stands for all its devices: 'onnxruntime/jetson' matches
+    # 'jetson/cpu' and 'jetson/cuda' ('onnxruntime/jetson/cuda' names one).
+    rows = [r for r in report["rows"] if r["runtime"] == runtime
+            and (r["device"] == device or (r.get("target") and r["target"] == device))]
     ok = [r for r in rows if r["status"] == "ok"]
     if not ok:
         return None, rows, ""
@@ -120,8 +127,28 @@ def evaluate(report: dict, check: Check) -> list[Verdict]:
             continue
         out.append(_p90_budget(report, name, key, limit, "x", lambda row: row["p90_ms"] / teacher["p90_ms"],
                                f"teacher {teacher['id']} p90 {teacher['p90_ms']:.3f} ms"))
+    out += required_targets(report)
     if check.max_size_mb is not None:
         out.append(_judge("max_size_mb", deployed["size_bytes"] / 1e6, check.max_size_mb, "MB", "max",
                           deployed["id"])
                    if deployed else Verdict("max_size_mb", FAIL, check.max_size_mb, "MB", "max", note=missing))
+    return out
+
+
+def required_targets(report: dict) -> list[Verdict]:
+    """One verdict per target marked required: pass with its fastest p90 when it has measured
+    rows, fail with the reasons when none was measured (unreachable, no runtime, a killed run)."""
+    out = []
+    names = dict.fromkeys(r["target"] for r in report["rows"] if r.get("target") and r.get("target_required"))
+    for name in names:
+        rows = [r for r in report["rows"] if r.get("target") == name]
+        ok = [r for r in rows if r["status"] == "ok"]
+        if ok:
+            best = min(ok, key=lambda r: r["p90_ms"])
+            out.append(Verdict(f"required_target[{name}]", PASS, 1, "rows", "min", len(ok),
+                               best["id"], f"{len(ok)} of {len(rows)} rows measured"))
+        else:
+            reasons = "; ".join(sorted({r.get("reason") or "no reason" for r in rows}))
+            out.append(Verdict(f"required_target[{name}]", FAIL, 1, "rows", "min",
+                               note=f"required target '{name}' was not measured: {reasons}"))
     return out

@@ -220,6 +220,9 @@ def build_rows(inputs: dict[str, Manifest], cfg: Config, log=_log) -> list[dict]
                 reason = f"{type(exc).__name__}: {exc}"
                 rows.append(not_measured(cand, target, None, bench.threads, "failed", reason))
                 log(f"{rows[-1]['id']:<40} FAILED: {reason}\n{traceback.format_exc()}")
+    if cfg.targets:
+        from pipeline.measure.remote_rows import remote_rows
+        rows.extend(remote_rows(cands, cfg, val, log))
     return rows
 
 

@@ -13,7 +13,10 @@ from pipeline.config import Benchmark
 
 
 def device_family(device: str) -> str:
-    """"cuda" for "cuda", "cuda:1" and "cuda-graph"; "cpu" for "cpu"; OpenVINO's "gpu.0" as is."""
+    """"cuda" for "cuda", "cuda:1" and "cuda-graph"; "cpu" for "cpu"; OpenVINO's "gpu.0" as is;
+    a configured target's device ("jetson/cuda") is the target's name, its own family."""
+    if "/" in device:
+        return device.split("/", 1)[0]
     return device.lower().split(":", 1)[0].split("-", 1)[0]
 
 

@@ -5,7 +5,7 @@ from pipeline.measure.targets import REFERENCE_RUNTIME
 
 MEASURED_HEADERS = ("Artifact", "Stage", "Format", "Precision", "Runtime", "Device", "Batch",
                     "Top-1 %", "Δ teacher", "Agree ref %", "Agree teacher %", "p50 ms", "p90 ms",
-                    "p99 ms", "Mean ms", "Images/s", "Size MB", "Params M", "MACs M", "Compile s",
+                    "p99 ms", "Mean ms", "Images/s", "Energy mJ", "Size MB", "Params M", "MACs M", "Compile s",
                     "Pareto")
 NOT_MEASURED_HEADERS = ("Runtime / device", "Status", "Artifacts", "Reason")
 
@@ -43,7 +43,7 @@ def measured(report: dict) -> list[list[str]]:
             str(r["batch"]), num(r["accuracy"]), num(r.get("accuracy_delta_teacher"), signed=True),
             num(r.get("agreement_reference"), 1), num(r.get("agreement_teacher"), 1),
             ms(r["p50_ms"]), ms(r["p90_ms"]), ms(r["p99_ms"]), ms(r["mean_ms"]),
-            num(r["throughput_ips"], 1), num(r.get("size_bytes"), 2, 1e6),
+            num(r["throughput_ips"], 1), num(r.get("energy_mj"), 1), num(r.get("size_bytes"), 2, 1e6),
             num(r.get("params"), 2, 1e6), num(r.get("macs"), 1, 1e6), num(r.get("compile_s"), 1),
             "yes" if r.get("pareto") else ""])
     return lines
@@ -64,9 +64,10 @@ def not_measured(report: dict) -> list[list[str]]:
 def headline_table(h: dict) -> list[list[str]]:
     """Teacher vs deployed, with the change, for the headline."""
     size = (lambda b: num(b, 2, 1e6))
+    faster = (lambda x: f"{x:.1f}x faster" if x else "")
     return [
-        ["p50 latency (ms)", ms(h["teacher_p50_ms"]), ms(h["deployed_p50_ms"]), f"{h['speedup_p50']:.1f}x faster"],
-        ["p90 latency (ms)", ms(h["teacher_p90_ms"]), ms(h["deployed_p90_ms"]), f"{h['speedup_p90']:.1f}x faster"],
+        ["p50 latency (ms)", ms(h["teacher_p50_ms"]), ms(h["deployed_p50_ms"]), faster(h["speedup_p50"])],
+        ["p90 latency (ms)", ms(h["teacher_p90_ms"]), ms(h["deployed_p90_ms"]), faster(h["speedup_p90"])],
         ["p99 latency (ms)", ms(h["teacher_p99_ms"]), ms(h["deployed_p99_ms"]), ""],
         ["val top-1 (%)", num(h["teacher_accuracy"]), num(h["deployed_accuracy"]),
          f"{h['accuracy_change_points']:+.2f} points"],

@@ -24,8 +24,13 @@ _SELECTION_ONLY = {"target", "deploy_tolerance"}
 
 
 def params(cfg: Config) -> dict:
-    return {"benchmark": cfg.benchmark.model_dump(mode="json", exclude=_SELECTION_ONLY),
-            **data_params(cfg)}
+    out = {"benchmark": cfg.benchmark.model_dump(mode="json", exclude=_SELECTION_ONLY),
+           **data_params(cfg)}
+    if cfg.targets:
+        # Each target is asked for its device fingerprint now: a changed power mode re-measures.
+        from pipeline.measure.remote_rows import target_params
+        out["targets"] = target_params(cfg)
+    return out
 
 
 def run(ctx: Context) -> Result:
