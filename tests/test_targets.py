@@ -311,3 +311,26 @@ def test_each_target_gets_its_own_headline_with_energy():
     line = measured({"rows": [{**remote[0], "stage": "quantize", "precision": "int8", "mean_ms": 2.0,
                                "throughput_ips": 300.0}]})[0]
     assert line[MEASURED_HEADERS.index("Energy mJ")] == "12.5"
+
+
+# ---------------------------------------------------------------- end to end
+@needs_sshd
+def test_loopback_target_end_to_end(sshd, device_python, tmp_path, cli):
+    """The tiny pipeline with a loopback target: the device runner, shipped with the bundles,
+    scores each ONNX bundle on the "device" exactly as onnxruntime scores it here."""
+    import yaml
+    cfg = yaml.safe_load(open("tests/configs/tiny.yaml"))
+    cfg["targets"] = [sshd.target(python=str(device_python)).model_dump(mode="json")]
+    cfg["export"]["openvino_precisions"] = []
+    cfg["benchmark"]["runtimes"] = ["torch", "onnxruntime"]
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    done = subprocess.run(cli("run", "benchmark", "-c", str(path), "--set", f"run.store={tmp_path / 'runs'}"),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [results] = (tmp_path / "runs" / "benchmark").glob("*/results.json")
+    rows = {r["id"]: r for r in json.loads(results.read_text())["rows"]}
+    for name in ("onnx_fp32", "onnx_int8"):
+        here, there = rows[f"{name}@onnxruntime/cpu/b1"], rows[f"{name}@onnxruntime/loopback/cpu/b1"]
+        assert there["status"] == "ok" and there["accuracy"] == here["accuracy"]
+        assert there["p90_ms"] > 0 and there["runtime_version"] == here["runtime_version"]
