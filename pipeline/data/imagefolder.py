@@ -153,14 +153,16 @@ def scan_tree(root: Path, skip_corrupt: bool, cache: ScanCache | None = None
     return classes, entries, [r for r, _ in bad]
 
 
-def load_unlabelled_folder(root: str, skip_corrupt: bool = False) -> ImageSet:
+def load_unlabelled_folder(root: str, skip_corrupt: bool = False,
+                           setting: str = "distill.unlabelled_root") -> ImageSet:
     """Every image under `root` (any depth), checked like a training tree, as an ImageSet with no
-    classes and target -1: extra images a student learns from the teacher's soft targets only."""
+    classes and target -1 (extra images for distillation, or a target domain without labels);
+    `setting` is the config key messages name."""
     folder = Path(root).expanduser()
     if not folder.is_dir():
-        raise DataError(f"distill.unlabelled_root '{folder}' is not a folder (set it to a folder of "
+        raise DataError(f"{setting} '{folder}' is not a folder (set it to a folder of "
                         f"images at any depth, or to null)")
-    walk = TreeWalk(folder, "distill.unlabelled_root")
+    walk = TreeWalk(folder, setting)
     nodes = walk.images(walk.top())
     rels, shas, bad = [], [], []
     for node, (sha, error) in zip(nodes, _check(folder, nodes, ScanCache(None))):
@@ -171,10 +173,10 @@ def load_unlabelled_folder(root: str, skip_corrupt: bool = False) -> ImageSet:
             rels.append(rel)
             shas.append(sha)
     if not rels and not bad:
-        raise DataError(f"distill.unlabelled_root '{folder}' holds no images ({_EXT_TEXT})")
+        raise DataError(f"{setting} '{folder}' holds no images ({_EXT_TEXT})")
     _report_bad(folder, bad, skip_corrupt)
     if not rels:
-        raise DataError(f"distill.unlabelled_root '{folder}' holds no readable images ({_EXT_TEXT})")
+        raise DataError(f"{setting} '{folder}' holds no readable images ({_EXT_TEXT})")
     targets = [-1] * len(rels)
     return ImageSet(ids=rels, targets=targets, classes=[], load=FolderImages(str(folder), rels),
                     fingerprint=split_fingerprint(rels, targets, shas))

@@ -31,12 +31,13 @@ class Result:
 
 @dataclass(frozen=True)
 class Stage:
+    """One stage; its place in the order and its one-line help are in pipeline.stage_order."""
+
     name: str
     version: int
     deps: tuple[str, ...]
     params: Callable[[Config], dict]      # the config slices that decide this stage's output
     run: Callable[[Context], Result]
     machine_dependent: bool = False       # measured results: the environment joins the cache key
-    help: str = ""
     # Side effects outside the store (e.g. the CI's JUnit file), redone on cache hits as well.
     publish: Callable[[Manifest, Config], None] | None = None

@@ -52,5 +52,4 @@ def run(ctx: Context) -> Result:
 
 STAGE = Stage(name="benchmark", version=1,
               deps=("finetune", "distill", "prune", "quantize", "export"), params=params, run=run,
-              machine_dependent=True,
-              help="accuracy and latency of every artifact on every runtime and device")
+              machine_dependent=True)

@@ -91,5 +91,4 @@ def publish(manifest: Manifest, cfg: Config) -> None:
     _log_verdicts(manifest.metrics.get("verdicts", []), ci)
 
 
-STAGE = Stage(name="check", version=1, deps=("report",), params=params, run=run, publish=publish,
-              help="budgets against the report: exit code and JUnit XML for CI")
+STAGE = Stage(name="check", version=1, deps=("report",), params=params, run=run, publish=publish)

@@ -19,11 +19,18 @@ logger = logging.getLogger(__name__)
 
 
 def params(cfg: Config) -> dict:
-    out = {**data_params(cfg), "distill": cfg.distill.model_dump(mode="json"), "seed": cfg.run.seed}
-    if cfg.distill.unlabelled_root:      # the extra images' content decides the student too
+    # Files are keyed by their content, not their paths: a moved folder or a replaced checkpoint
+    # at the same path is what the key must tell apart.
+    d = cfg.distill
+    out = {**data_params(cfg), "distill": d.model_dump(mode="json", exclude={"unlabelled_root"}),
+           "seed": cfg.run.seed}
+    if d.unlabelled_root:      # the extra images' content decides the student too
         from pipeline.data.imagefolder import load_unlabelled_folder
-        out["unlabelled_fingerprint"] = load_unlabelled_folder(cfg.distill.unlabelled_root,
+        out["unlabelled_fingerprint"] = load_unlabelled_folder(d.unlabelled_root,
                                                                cfg.data.skip_corrupt).fingerprint
+    if d.weights not in ("pretrained", "none"):
+        from pipeline.models.checkpoint import weights_sha256
+        out["weights_sha256"] = weights_sha256(d.weights, "distill.weights")
     return out
 
 
@@ -126,5 +133,4 @@ def run(ctx: Context) -> Result:
     return Result(outputs={"model": artifact}, metrics=metrics)
 
 
-STAGE = Stage(name="distill", version=2, deps=("finetune",), params=params, run=run,
-              help="distil the fine-tuned teacher into a smaller student backbone")
+STAGE = Stage(name="distill", version=2, deps=("finetune",), params=params, run=run)

@@ -107,5 +107,4 @@ def run(ctx: Context) -> Result:
     return Result(outputs=ex.outputs, metrics=ex.metrics)
 
 
-STAGE = Stage(name="export", version=4, deps=("quantize",), params=params, run=run,
-              help="ONNX, OpenVINO IR and TensorRT engines as verified deployment bundles")
+STAGE = Stage(name="export", version=4, deps=("quantize",), params=params, run=run)

@@ -42,5 +42,4 @@ def run(ctx: Context) -> Result:
     return Result(outputs={"model": artifact}, metrics=metrics)
 
 
-STAGE = Stage(name="finetune", version=2, deps=(), params=params, run=run,
-              help="fine-tune a pretrained backbone on the dataset (the teacher)")
+STAGE = Stage(name="finetune", version=2, deps=(), params=params, run=run)

@@ -277,5 +277,4 @@ def _budget_verdict(budget, after: dict, budget_ms: float, is_main: bool) -> dic
     return {**budget.to_dict(), "met_in_final_run": met}
 
 
-STAGE = Stage(name="prune", version=3, deps=("finetune", "distill"), params=params, run=run,
-              help="structural channel pruning of the student, accuracy recovered by distillation")
+STAGE = Stage(name="prune", version=3, deps=("finetune", "distill"), params=params, run=run)

@@ -118,5 +118,4 @@ def _stamp_precision(path: Path, pre) -> None:
     tmp.replace(path)
 
 
-STAGE = Stage(name="quantize", version=2, deps=("prune",), params=params, run=run,
-              help="INT8 Q/DQ ONNX from calibration data, accuracy-aware")
+STAGE = Stage(name="quantize", version=2, deps=("prune",), params=params, run=run)

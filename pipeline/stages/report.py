@@ -67,5 +67,4 @@ def publish(manifest: Manifest, cfg: Config) -> None:
 
 STAGE = Stage(name="report", version=1,
               deps=("finetune", "distill", "prune", "quantize", "export", "benchmark"),
-              params=params, run=run, publish=publish,
-              help="report.json / report.md / report.html with the headline")
+              params=params, run=run, publish=publish)

@@ -96,22 +96,6 @@ class _FeatureTap:
 
 
 # ---------------------------------------------------------------- target data
-def _unlabelled_folder(root: Path) -> ImageSet:
-    """Every image under `root` (no class folders): a target domain with no labels at all."""
-    from pipeline.data.imagefolder import EXTENSIONS, FolderImages
-    from calibration.hashing import sha256_file
-    from pipeline.hashing import sha256_json
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS
-                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
-    if not files:
-        raise DataError(f"finetune.dann.target.root '{root}' holds no images "
-                        f"({', '.join(EXTENSIONS)}); point it at the target domain's images")
-    rels = [p.relative_to(root).as_posix() for p in files]
-    fingerprint = sha256_json([[r, sha256_file(p)] for r, p in zip(rels, files)])
-    return ImageSet(ids=rels, targets=[-1] * len(rels), classes=[], load=FolderImages(str(root), rels),
-                    fingerprint=fingerprint)
-
-
 def _is_plain_folder(spec: DataSpec) -> bool:
     return spec.kind == DataKind.imagefolder and not (Path(spec.root).expanduser() / "train").is_dir()
 
@@ -123,7 +107,8 @@ def target_domain(spec: DataSpec, seed: int) -> tuple[ImageSet, ImageSet | None]
     folder of images (ImageFolder kind, no train/ inside) gives its images and nothing to score.
     """
     if _is_plain_folder(spec):
-        return _unlabelled_folder(Path(spec.root).expanduser()), None
+        from pipeline.data.imagefolder import load_unlabelled_folder
+        return load_unlabelled_folder(spec.root, spec.skip_corrupt, "finetune.dann.target.root"), None
     from pipeline.data import load_splits
     splits = load_splits(spec, seed)
     return splits.train, splits.val
