@@ -129,7 +129,7 @@ def run_item(item: dict, request: dict, sampler: Optional[telemetry.Sampler]) ->
         images, labels = _val(Path(item["val"]), manifest)
         artifact = bundle / manifest["artifact"]
         fixed = static_batch(manifest) or 0
-        if module.NAME == "tensorrt" and artifact.suffix == ".onnx":
+        if formats.for_file(artifact).name in getattr(module, "BUILDS_FROM", ()):
             from runtimes.tensorrt_build import build_on_device
             engine = scratch / f"{artifact.stem}.engine"
             top = max(request["batch_sizes"])

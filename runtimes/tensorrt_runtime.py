@@ -16,6 +16,9 @@ from runtimes.cuda_staging import PinnedStaging, cuda_unavailable_reason
 
 NAME = "tensorrt"
 FORMATS = ("tensorrt",)
+# Engines are bound to the GPU and TensorRT version that built them: on a device the runner
+# builds one there from the bundle's ONNX.
+BUILDS_FROM = ("onnx",)
 KNOWN_DEVICES = ("cuda",)
 DEFAULT_DEVICE = "cuda"
 

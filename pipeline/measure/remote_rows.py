@@ -28,13 +28,18 @@ from runtimes import formats
 
 _logger = logging.getLogger(__name__)
 RUNNER_FILE = Path(runtimes.__file__).with_name("device_runner.py")
-# The formats each runtime takes on a target: TensorRT builds its engine there from the ONNX.
-REMOTE_FORMATS = {"onnxruntime": ("onnx",), "openvino": ("onnx", "openvino"), "tensorrt": ("onnx",)}
 LATENCY = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "stdev_ms", "min_ms", "max_ms", "throughput_ips",
            "iterations", "total_s", "energy_mj", "mean_power_w", "idle_power_w", "throttled",
            "telemetry_summary")
 NO_RUNNER = ("the device runner runtimes/device_runner.py is not in this edgeship checkout; "
              "update edgeship to measure on targets")
+
+
+def remote_formats(runtime: str) -> tuple[str, ...]:
+    """The formats a runtime takes on a target: those it runs, and those it builds its own from
+    there (TensorRT builds its engine on the device from the ONNX)."""
+    module = runtimes.get(runtime)
+    return (*module.FORMATS, *getattr(module, "BUILDS_FROM", ()))
 
 
 def runner_sha(package: Path | None = None) -> str:
@@ -68,7 +73,7 @@ def plan(cands: list[Candidate], target: Target, cfg: Config) -> list[dict]:
         if not sha or cand.unavailable:
             continue
         for runtime in (r.value for r in target.runtimes):
-            if cand.format.value not in REMOTE_FORMATS[runtime]:
+            if cand.format.value not in remote_formats(runtime):
                 continue
             precision = ("fp16" if runtime == "tensorrt" and cand.precision == "fp32" and trt_fp16
                          else cand.precision)
