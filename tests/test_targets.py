@@ -255,10 +255,9 @@ def test_unreachable_and_no_numpy_targets_give_their_rows_the_reason(sshd, tmp_p
 
 
 @needs_sshd
-def test_missing_runner_is_a_reason_not_a_crash(sshd, device_python, tmp_path):
+def test_missing_runner_is_a_reason_not_a_crash(sshd, device_python, tmp_path, monkeypatch):
     from pipeline.measure import remote_rows as rr
-    if rr.RUNNER_FILE.exists():
-        pytest.skip("the device runner is present; the integration test measures with it")
+    monkeypatch.setattr(rr, "RUNNER_FILE", tmp_path / "runtimes" / "device_runner.py")  # an old checkout
     cfg = load_config(None, [])
     cfg.targets = [sshd.target(python=str(device_python))]
     rows = rr.remote_rows([_candidate(tmp_path)], cfg, val=None, log=lambda m: None)
