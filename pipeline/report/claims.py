@@ -26,7 +26,7 @@ def pick_deployed(within: list[dict], noise_floor: dict | None) -> tuple[dict, s
         ratio = intervals.ratio(r, fastest, "p90", widen) if r is not fastest else None
         if r is fastest or (ratio is not None and not ratio.above(1.0)):
             tied.append(r)
-    chosen = max(tied, key=lambda r: (r["accuracy"], -PRECISION_ORDER.get(r["precision"], 3),
+    chosen = max(tied, key=lambda r: (r["accuracy"], -PRECISION_ORDER.get(r.get("precision"), 3),
                                       -r["p90_ms"]))
     if chosen is fastest:
         why = "the fastest at p90 within the tolerance"
