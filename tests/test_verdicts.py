@@ -121,6 +121,16 @@ def test_a_noisy_run_turns_a_fail_into_inconclusive():
     assert {v.status for v in evaluate_relative(new, base, Check(max_p90_regression=0.05))} == {"inconclusive"}
 
 
+def test_a_busier_host_makes_a_fail_inconclusive():
+    base, new = _report(), _report(scale=1.5, seed=1)
+    base["host_load"] = {"during": {"others_cores": 0.1}}
+    new["host_load"] = {"during": {"others_cores": 1.1}}       # a burner took a core
+    [v] = evaluate_relative(new, base, Check(max_p90_regression=0.05))[:1]
+    assert v.status == "inconclusive" and "busier during this run (other processes 1.00 cores more)" in v.message
+    new["host_load"]["during"]["others_cores"] = 0.2            # as quiet as the baseline: judged
+    assert evaluate_relative(new, base, Check(max_p90_regression=0.05))[0].status == "fail"
+
+
 @pytest.mark.parametrize("change,expected", [
     (lambda env, row: env.update(threads=1), "environment differs: threads: 2 -> 1"),
     (lambda env, row: env["cpu"].update(model="Xeon"), "environment differs: cpu model: EPYC -> Xeon"),

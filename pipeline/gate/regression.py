@@ -8,10 +8,13 @@ interval is beyond it, and inconclusive when the interval straddles it. The inte
 bootstrap interval of the ratio widened by both runs' noise floors (pipeline.gate.intervals).
 Accuracy is scored on the same val images in both runs, so its change is exact: pass or fail.
 Rows on another machine or software (latency) or on other data (both) are "not comparable",
-never a failure.
+never a failure. When other processes used clearly more CPU during one run than during the other
+(runtimes.host_load, more than LOAD_TOLERANCE cores apart), a latency fail (this run busier) or
+pass (the baseline busier) is only inconclusive: the load, not the code, may explain it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from pipeline.config import Check
@@ -20,6 +23,7 @@ from pipeline.gate.baseline import data_differences, environment_differences
 from pipeline.gate.budgets import FAIL, PASS, SKIP, Verdict
 
 INCONCLUSIVE, NOT_COMPARABLE = "inconclusive", "not comparable"
+LOAD_TOLERANCE = 0.25   # cores of other processes' CPU two runs may differ by and still be judged
 
 
 @dataclass
@@ -47,7 +51,18 @@ def judge_ratio(interval, limit: float) -> str:
     return PASS if interval.high <= limit else FAIL if interval.low > limit else INCONCLUSIVE
 
 
-def _latency(name: str, base: dict, new: dict, limit: float, widen: float, env: list[str]) -> RelativeVerdict:
+def _others(report: dict) -> float | None:
+    return (((report.get("host_load") or {}).get("during")) or {}).get("others_cores")
+
+
+def load_shift(baseline: dict, report: dict) -> float:
+    """Other processes' CPU (cores) during this run minus during the baseline's; 0 when unknown."""
+    a, b = _others(baseline), _others(report)
+    return b - a if a is not None and b is not None else 0.0
+
+
+def _latency(name: str, base: dict, new: dict, limit: float, widen: float, env: list[str],
+             shift: float = 0.0) -> RelativeVerdict:
     subject = new["id"]
     if env:
         return RelativeVerdict(name, NOT_COMPARABLE, limit, "x", "max", subject=subject,
@@ -59,9 +74,14 @@ def _latency(name: str, base: dict, new: dict, limit: float, widen: float, env: 
                                     "were kept); re-run that report's benchmark")
     status = judge_ratio(ratio, limit)
     note = f"p90 {base['p90_ms']:.3f} -> {new['p90_ms']:.3f} ms"
+    if (status == FAIL and shift > LOAD_TOLERANCE) or (status == PASS and shift < -LOAD_TOLERANCE):
+        status = INCONCLUSIVE
+        busier = "this run" if shift > 0 else "the baseline"
+        note += (f"; the host was busier during {busier} (other processes {abs(shift):.2f} cores "
+                 f"more), which may explain it: re-measure on a quieter host")
     if widen:
-        note += f"; widened by the noise floors (±{widen:.1%})"
-    if status == INCONCLUSIVE:
+        note += f"; interval widened ×/÷{math.exp(widen):.2f} by the noise floors"
+    if status == INCONCLUSIVE and "busier" not in note:
         note += "; the interval straddles the limit"
     return RelativeVerdict(name, status, limit, "x", "max", ratio.estimate, subject, note, ratio.to_dict())
 
@@ -91,6 +111,7 @@ def evaluate_relative(report: dict, baseline: dict, check: Check, where: str = "
         return skipped(check, f"no row measured in both this report and the baseline {where}")
     env = environment_differences(baseline.get("environment") or {}, report.get("environment") or {})
     widen = intervals.combined_margin(report.get("noise_floor"), baseline.get("noise_floor"), stat="p90")
+    shift = load_shift(baseline, report)
     out: list[RelativeVerdict] = []
     for base, new in pairs:
         data = data_differences(base, new)
@@ -105,7 +126,7 @@ def evaluate_relative(report: dict, baseline: dict, check: Check, where: str = "
                                     "min" if budget.startswith("min") else "max", subject=new["id"],
                                     note=f"scored on other data: {'; '.join(data)}")
             elif budget == "max_p90_regression":
-                v = _latency(name, base, new, 1 + limit, widen, env)
+                v = _latency(name, base, new, 1 + limit, widen, env, shift)
             else:
                 v = _accuracy(name, base, new, limit)
             v.baseline = where
