@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--force", action="append", default=[], choices=STAGE_NAMES, metavar="STAGE",
                    help="re-run this stage even when cached (repeatable)")
+    p.add_argument("--baseline", metavar="PATH", help="the report check compares with (sets "
+                   "check.baseline: a report.json, a run folder, a store, or 'last')")
 
     p = sub.add_parser("status", parents=[common], help="for each stage: cached, stale or not run, with its key")
     _config_args(p)
@@ -97,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_run(args) -> int:
     from pipeline import runner
     from pipeline.config_load import load_config
-    cfg = load_config(args.config, args.set)
+    sets = args.set + ([f"check.baseline={args.baseline}"] if args.baseline else [])
+    cfg = load_config(args.config, sets)
     runner.run(cfg, target=args.stage, force=frozenset(args.force))
     return 0
 

@@ -7,6 +7,7 @@ from typing import Optional, Union
 from pydantic import Field, field_validator, model_validator
 
 import runtimes as _runtimes
+from pipeline.config_check import RegressionBudgets
 from pipeline.config_strict import Strict
 from pipeline.config_targets import Targets
 
@@ -292,7 +293,7 @@ class Benchmark(Strict):
         return self
 
 
-class Check(Strict):
+class Check(RegressionBudgets):
     min_accuracy: Optional[float] = Field(None, description="val top-1 (%) of the deployed model")
     max_accuracy_drop: Optional[float] = Field(None, description="points below the teacher")
     max_p90_ms: dict[str, float] = Field(

@@ -12,7 +12,7 @@ import gc
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -38,9 +38,24 @@ class LatencyStats:
     peak_gpu_mb: float | None = None
     timer: str = "perf_counter_ns"
     methodology: str = ""
+    started: float | None = None    # wall-clock time (time.time()) of the first and last timed run
+    finished: float | None = None
+    # Every timed run's duration in order (ns); kept out of to_dict, see sample_record().
+    samples_ns: list[int] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The statistics, without the per-run samples."""
+        d = asdict(self)
+        d.pop("samples_ns")
+        return d
+
+    def sample_record(self, limit: int | None = None) -> dict:
+        """The per-run samples for a results file: durations in us in measured order (a bounded
+        time-ordered subset, see runtimes.stats.keep_samples), how many runs there were, when."""
+        from runtimes.stats import SAMPLE_LIMIT, keep_samples
+        return {"samples_us": keep_samples(self.samples_ns, limit or SAMPLE_LIMIT),
+                "samples_total": len(self.samples_ns), "started": self.started,
+                "finished": self.finished}
 
 
 def summarize(durations_ns, batch_size: int) -> LatencyStats:
@@ -137,6 +152,7 @@ def measure(session: Session, batch: np.ndarray, warmup: int = 10, min_iteration
     # The collector would otherwise pause a random run; timeit disables it for the same reason.
     gc_was_enabled = gc.isenabled()
     gc.disable()
+    started = time.time()
     try:
         while len(wall) < min_iterations or timed_ns < min_ns:
             if start_event:
@@ -153,7 +169,10 @@ def measure(session: Session, batch: np.ndarray, warmup: int = 10, min_iteration
         if gc_was_enabled:
             gc.enable()
 
+    finished = time.time()
     stats = summarize(device if cuda_events else wall, batch.shape[0])
+    stats.samples_ns = device if cuda_events else wall
+    stats.started, stats.finished = started, finished
     stats.total_s = timed_ns / 1e9
     stats.peak_rss_mb = peak_rss_mb()
     stats.peak_gpu_mb = _peak_gpu_mb()
@@ -178,6 +197,12 @@ def measure_alternating(sessions: dict[str, Session], batch: np.ndarray, rounds:
         for name in (names if r % 2 == 0 else names[::-1]):
             runs[name].append(measure(sessions[name], batch, **measure_options))
     return runs
+
+
+def pooled_samples(stats: list[LatencyStats]) -> list[int]:
+    """Every round's per-run durations (ns), concatenated in round order: one sample of the
+    model across the whole alternating measurement, for intervals."""
+    return [d for s in stats for d in s.samples_ns]
 
 
 def median_round(stats: list[LatencyStats]) -> LatencyStats:

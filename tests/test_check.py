@@ -22,8 +22,10 @@ def run(tmp_path_factory):
 
 
 def _cfg(run, tmp_path, *budgets):
+    # The default config's relative budgets are off here; the baseline tests turn them on.
     return bench_fixture.config(run["root"], ["benchmark.batch_sizes=[1]", f"check.junit={tmp_path / 'ci' / 'junit.xml'}",
-                                              *budgets])
+                                              "check.baseline=null", "check.max_p90_regression=null",
+                                              "check.min_accuracy_delta=null", *budgets])
 
 
 def _fastest(run, runtime):
@@ -104,7 +106,7 @@ def test_latency_budget_relative_to_the_teacher(run):
 def _cli_check(run, tmp_path, cli, *budgets):
     # The default config's own budgets are cleared: each test states the ones it checks.
     cleared = ["check.min_accuracy=null", "check.max_accuracy_drop=null", "check.max_p90_ms={}",
-               "check.max_size_mb=null"]
+               "check.max_size_mb=null", "check.max_p90_regression=null", "check.min_accuracy_delta=null"]
     sets = [*bench_fixture.BENCH, f"run.store={run['root']}", "benchmark.batch_sizes=[1]",
             f"check.junit={tmp_path / 'cli-junit.xml'}", *cleared, *budgets]
     args = ["run", "check", "-c", "configs/default.yaml"] + [a for s in sets for a in ("--set", s)]
@@ -147,3 +149,84 @@ def _context(run, cfg, tmp_path):
     out = tmp_path / "out"
     out.mkdir(exist_ok=True)
     return Context(cfg, {"report": run["manifests"]["report"]}, out, run["root"])
+
+
+def _baseline_file(run, tmp_path, scale: float, **env) -> str:
+    """The fixture's report as a baseline whose every latency sample is `scale` times this run's."""
+    base = json.loads(json.dumps(run["report"]))
+    for row in base["rows"]:
+        if row.get("samples_us"):
+            row["samples_us"] = [v * scale for v in row["samples_us"]]
+            row["p90_ms"] *= scale
+    base["environment"].update(env)
+    base["noise_floor"] = None        # this run's own floor (measured on a busy host) still widens
+    path = tmp_path / "baseline" / "report.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(base))
+    return str(path.parent)
+
+
+ABSOLUTE_OFF = ("check.min_accuracy=null", "check.max_accuracy_drop=null", "check.max_p90_ms={}",
+                "check.max_size_mb=null")
+
+
+def test_relative_budgets_fail_a_regression_with_its_interval(run, tmp_path):
+    # This run against a baseline five times as fast: every row's p90 grew fivefold.
+    cfg = _cfg(run, tmp_path, *ABSOLUTE_OFF, f"check.baseline={_baseline_file(run, tmp_path, 0.2)}",
+               "check.max_p90_regression=0.05", "check.min_accuracy_delta=-0.5")
+    with pytest.raises(BudgetFailed) as info:
+        STAGE.run(_context(run, cfg, tmp_path))
+    failed = {v.name: v for v in info.value.failures}
+    measured = [r for r in run["report"]["rows"] if r["status"] == "ok"]
+    names = {f"max_p90_regression[{r['id']}]" for r in measured}
+    # Every row fails unless this busy host's own noise floor widened its interval past the limit.
+    assert failed and set(failed) <= names
+    suite = ET.parse(tmp_path / "ci" / "junit.xml").getroot().find("testsuite")
+    for case in (c for c in suite.iter("testcase") if c.get("name") in names):
+        props = {p.get("name"): p.get("value") for p in case.iter("property")}
+        assert props["verdict"] == ("fail" if case.get("name") in failed else "inconclusive")
+        assert (float(props["interval_low"]) > 1.05) == (case.get("name") in failed)
+    v = next(iter(failed.values()))
+    assert v.interval["low"] > 1.05 and v.measured == pytest.approx(5.0, rel=0.01)
+    assert f"ratio {v.measured:.3f} [95% CI {v.interval['low']:.3f}, {v.interval['high']:.3f}]" in str(info.value)
+    case = ET.parse(tmp_path / "ci" / "junit.xml").getroot().find(f"testsuite/testcase[@name='{v.name}']")
+    assert f"[95% CI {v.interval['low']:.3f}" in case.find("failure").get("message")
+    assert float(case.find("properties/property[@name='interval_low']").get("value")) == pytest.approx(
+        v.interval["low"], rel=1e-5)
+
+
+def test_relative_budgets_pass_against_the_same_run_and_refuse_another_machine(run, tmp_path):
+    same = _cfg(run, tmp_path, *ABSOLUTE_OFF, f"check.baseline={_baseline_file(run, tmp_path, 1.0)}",
+                "check.max_p90_regression=0.05", "check.min_accuracy_delta=-0.5")
+    result = STAGE.run(_context(run, same, tmp_path))
+    measured = sum(r["status"] == "ok" for r in run["report"]["rows"])
+    statuses = {v["name"]: v["status"] for v in result.metrics["verdicts"]}
+    assert result.metrics["fail"] == 0 and len(statuses) == 2 * measured
+    # Against itself: accuracy is exact; latency passes or, widened by this busy host's floor, is
+    # inconclusive (the default `check.inconclusive: warn` lets the gate pass).
+    assert all(s == "pass" for n, s in statuses.items() if n.startswith("min_accuracy_delta"))
+    assert all(s in ("pass", "inconclusive") for n, s in statuses.items() if n.startswith("max_p90"))
+    other = _cfg(run, tmp_path, *ABSOLUTE_OFF, f"check.baseline={_baseline_file(run, tmp_path, 0.5, threads=64)}",
+                 "check.max_p90_regression=0.05")
+    result = STAGE.run(_context(run, other, tmp_path))
+    assert result.metrics["not_comparable"] == measured and result.metrics["fail"] == 0
+    assert all("threads: 64 -> 1" in v["message"] for v in result.metrics["verdicts"])
+
+
+def test_no_baseline_skips_the_relative_budgets_with_a_note(run, tmp_path):
+    cfg = _cfg(run, tmp_path, *ABSOLUTE_OFF, "check.baseline=null", "check.max_p90_regression=0.05")
+    result = STAGE.run(_context(run, cfg, tmp_path))
+    [v] = result.metrics["verdicts"]
+    assert v["status"] == "skip" and v["message"] == (
+        "SKIP max_p90_regression: no baseline: relative budgets skipped (set check.baseline to a "
+        "report or 'last')")
+    last = _cfg(run, tmp_path, *ABSOLUTE_OFF, "check.baseline=last", "check.max_p90_regression=0.05",
+                f"run.store={tmp_path / 'empty-store'}")
+    alone = _context(run, last, tmp_path)
+    alone.store_root = tmp_path / "empty-store"      # a store holding no other report of this run
+    [v] = STAGE.run(alone).metrics["verdicts"]
+    assert v["status"] == "skip" and "no baseline yet: no other report of run 'default'" in v["message"]
+    from runtimes.errors import ConfigError
+    missing = _cfg(run, tmp_path, *ABSOLUTE_OFF, f"check.baseline={tmp_path / 'nowhere'}", "check.max_p90_regression=0.05")
+    with pytest.raises(ConfigError, match="check.baseline '.*nowhere' holds no report"):
+        STAGE.run(_context(run, missing, tmp_path))

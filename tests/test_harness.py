@@ -125,8 +125,31 @@ def test_to_dict_is_flat_and_complete(tiny_session):
     stats = measure(tiny_session, np.zeros((1, 3, 16, 16), np.float32), warmup=0,
                     min_iterations=3, min_seconds=0.0)
     d = stats.to_dict()
-    assert set(d) == set(LatencyStats.__dataclass_fields__)
+    assert set(d) == set(LatencyStats.__dataclass_fields__) - {"samples_ns"}
     assert all(isinstance(v, (int, float, str, type(None))) for v in d.values())
+
+
+def test_samples_are_kept_in_order_and_bounded(tiny_session):
+    stats = measure(tiny_session, np.zeros((1, 3, 16, 16), np.float32), warmup=0,
+                    min_iterations=30, min_seconds=0.0)
+    assert len(stats.samples_ns) == stats.iterations == 30
+    assert stats.p50_ms == pytest.approx(float(np.percentile(np.array(stats.samples_ns) / 1e6, 50)))
+    record = stats.sample_record()
+    assert record["samples_total"] == 30 and len(record["samples_us"]) == 30
+    assert record["samples_us"][0] == pytest.approx(stats.samples_ns[0] / 1e3, abs=0.5)
+    assert stats.started <= record["finished"] and record["finished"] == stats.finished
+    bounded = stats.sample_record(limit=10)
+    assert len(bounded["samples_us"]) == 10 and bounded["samples_total"] == 30
+
+
+def test_keep_samples_rounds_to_microseconds_and_keeps_order():
+    from runtimes.stats import keep_samples
+    assert keep_samples([1_234_567, 5_432, 999_499]) == [1235, 5.432, 999]
+    rising = np.arange(5000) * 1000 + 20_000        # distinct, increasing: order is visible
+    kept = keep_samples(rising, limit=200)
+    assert len(kept) == 200 and kept == sorted(kept) and len(set(kept)) == 200
+    assert kept == keep_samples(rising, limit=200)  # seeded
+    assert kept[0] < 2000 and kept[-1] > 4000       # spread over the whole run, not its start
 
 
 def test_measure_rejects_bad_limits(tiny_session):

@@ -56,7 +56,14 @@ def test_headline_is_the_fastest_deployable_row_within_tolerance(run):
     floor = teacher["accuracy"] - report["settings"]["deploy_tolerance"]
     rivals = [r for r in report["rows"] if r["status"] == "ok" and r["format"] != "torch"
               and r["device"] == "cpu" and r["accuracy"] >= floor]
-    assert deployed["p90_ms"] == min(r["p90_ms"] for r in rivals)
+    fastest = min(rivals, key=lambda r: r["p90_ms"])
+    if deployed is not fastest and deployed["id"] != fastest["id"]:
+        # Shipped over a faster-looking row only when that row is not faster beyond the noise
+        # and the shipped one is at least as accurate (pipeline.report.claims).
+        from pipeline.gate.intervals import margin, ratio
+        tie = ratio(deployed, fastest, "p90", margin(report["noise_floor"], "p90"))
+        assert tie.low <= 1.0 and deployed["accuracy"] >= fastest["accuracy"]
+        assert h["deployed_because"].startswith("not slower beyond the noise than the fastest")
     assert h["speedup_p90"] == pytest.approx(teacher["p90_ms"] / deployed["p90_ms"])
     assert h["speedup_p50"] == pytest.approx(teacher["p50_ms"] / deployed["p50_ms"])
     assert h["accuracy_change_points"] == pytest.approx(deployed["accuracy"] - teacher["accuracy"])

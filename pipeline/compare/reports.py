@@ -1,35 +1,23 @@
 """`edgeship compare RUN_A RUN_B`: what changed between two runs' reports, for code review.
 
 Rows are matched by id (artifact@runtime/device/batch). For rows measured in both: accuracy
-change in points, p50/p90/p99 change in percent, size change; then status changes, rows only in
-one report, and differences in the environment (a latency change on another machine or library
-version is not a code change).
+change in points, p50/p90/p99 change in percent, the p90 ratio B/A with its interval and the
+verdict (slower / faster / within noise, the words of pipeline.gate.intervals), size change;
+then status changes, rows only in one report, and differences in the environment. Rows scored
+on other data (val split, images scored, input size) say "not comparable" instead of an accuracy
+change, and latency on another machine or library version says "not comparable" too: neither
+is a code change.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from pipeline.gate import intervals
+from pipeline.gate.baseline import REPORT, data_differences, environment_differences, resolve_report
 from pipeline.render.markdown import md_table
 
-REPORT = "report.json"
-
-
-def resolve_report(path: str | Path) -> Path:
-    """A report.json; a folder holding one (a report store entry); or an artifact store, whose
-    newest report entry is taken."""
-    p = Path(path)
-    if p.is_file():
-        return p
-    if (p / REPORT).is_file():
-        return p / REPORT
-    if (p / "report").is_dir():
-        from pipeline.store import Store
-        for entry in Store(p).entries("report"):
-            if (entry.entry_dir / REPORT).is_file():
-                return entry.entry_dir / REPORT
-    raise FileNotFoundError(f"'{path}' is not a report.json, a folder holding one, or an artifact "
-                            f"store with a report entry; run `edgeship run report` to make one")
+__all__ = ["REPORT", "compare_reports", "load_report", "resolve_report"]
 
 
 def load_report(path: str | Path) -> tuple[Path, dict]:
@@ -96,7 +84,27 @@ def _environment(ea: dict, eb: dict) -> list[str]:
         diffs.append(f"- GPUs: {ga or 'none'} -> {gb or 'none'}")
     if not diffs:
         return ["Environment: same machine description and library versions.", ""]
-    return ["Environment differs (latency changes may come from this, not from the code):", *diffs, ""]
+    return ["Environment differs (latency verdicts say not comparable; changes may come from "
+            "this, not from the code):", *diffs, ""]
+
+
+def _verdict(x: dict, y: dict, data: list[str], env: list[str], widen: float) -> tuple[str, str]:
+    """(p90 ratio B/A with its interval, verdict) of one row."""
+    if data:
+        return "-", "not comparable (data)"
+    ratio = intervals.ratio(y, x, "p90", widen)
+    shown = "-" if ratio is None else f"{ratio.estimate:.3f} [{ratio.low:.3f}, {ratio.high:.3f}]"
+    if env:
+        return shown, "not comparable (environment)"
+    return shown, intervals.claim(ratio)
+
+
+def _data_note(pairs: list[tuple[dict, dict]]) -> list[str]:
+    diffs = sorted({d for x, y in pairs for d in data_differences(x, y)})
+    if not diffs:
+        return []
+    return ["Data differs (accuracy and latency below are not comparable):",
+            *[f"- {d}" for d in diffs], ""]
 
 
 def compare_reports(a: str | Path, b: str | Path) -> str:
@@ -109,6 +117,11 @@ def compare_reports(a: str | Path, b: str | Path) -> str:
            f"B: {path_b} (generated {rb.get('generated')})", ""]
     out += _headline(ra.get("headline"), rb.get("headline"))
     changed, status = [], []
+    env = environment_differences(ra.get("environment") or {}, rb.get("environment") or {})
+    widen = intervals.combined_margin(ra.get("noise_floor"), rb.get("noise_floor"), stat="p90")
+    both = [(x, rows_b[rid]) for rid, x in rows_a.items() if rid in rows_b
+            and x["status"] == rows_b[rid]["status"] == "ok"]
+    out += _data_note(both)
     for rid, x in rows_a.items():
         y = rows_b.get(rid)
         if y is None:
@@ -119,16 +132,20 @@ def compare_reports(a: str | Path, b: str | Path) -> str:
         elif x["status"] == "ok":
             fields = ("accuracy", "p50_ms", "p90_ms", "p99_ms", "size_bytes")
             if any(x.get(f) != y.get(f) for f in fields):
+                data = data_differences(x, y)
+                ratio, verdict = _verdict(x, y, data, env, widen)
                 changed.append([rid, f"{x['accuracy']:.2f}", f"{y['accuracy']:.2f}",
-                                _pts(x["accuracy"], y["accuracy"]),
+                                "not comparable" if data else _pts(x["accuracy"], y["accuracy"]),
                                 f"{x['p90_ms']:.3f}", f"{y['p90_ms']:.3f}",
                                 _pct(x["p50_ms"], y["p50_ms"]), _pct(x["p90_ms"], y["p90_ms"]),
-                                _pct(x["p99_ms"], y["p99_ms"]),
+                                ratio, verdict, _pct(x["p99_ms"], y["p99_ms"]),
                                 _size_delta(x.get("size_bytes"), y.get("size_bytes"))])
     if changed:
-        out += ["Rows measured in both (B relative to A):", "",
+        out += ["Rows measured in both (B relative to A; p90 B/A with its 95% interval, widened "
+                "by both runs' noise floors):", "",
                 md_table(("Row", "Top-1 A %", "Top-1 B %", "Δ top-1 points", "p90 A ms", "p90 B ms",
-                          "Δ p50", "Δ p90", "Δ p99", "Δ size"), changed), ""]
+                          "Δ p50", "Δ p90", "p90 B/A [CI]", "Latency verdict", "Δ p99", "Δ size"),
+                         changed), ""]
     else:
         out += ["Rows measured in both: no change.", ""]
     if status:

@@ -177,6 +177,7 @@ def measure_target(cand: Candidate, target: Target, cfg: Config, val: ValImages,
               "agreement_teacher": agreement(preds, models.predictions(TEACHER)),
               "params": params, "macs": macs, "settings": settings,
               "compile_s": settings.get("compile_seconds"),
+              "val_split": val.fingerprint, "input_size": cand.preprocessing.input_size,
               "accuracy_seconds": round(time.perf_counter() - t0, 2)}
     rows = []
     for batch in bench.batch_sizes:
@@ -190,7 +191,7 @@ def measure_target(cand: Candidate, target: Target, cfg: Config, val: ValImages,
                         cuda_events=hasattr(loaded.session, "cuda_stream"))
         latency = {k: v for k, v in stats.to_dict().items() if k in LATENCY_FIELDS}
         rows.append({**_base(cand, target, batch, bench.threads), "status": "ok", "reason": None,
-                     **scored, **latency,
+                     **scored, **latency, **stats.sample_record(),
                      "methodology": _methodology(cand, target, stats, val, chunk, settings)
                      + f" Peak RSS scope: {peak_scope}."})
         log(f"{rows[-1]['id']:<40} top-1 {scored['accuracy']:6.2f}%  p50 {stats.p50_ms:8.3f} ms  "

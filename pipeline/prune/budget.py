@@ -4,6 +4,11 @@ Each candidate ratio is pruned one-shot from the unpruned student, exported and 
 named runtime; bisection over the MAC ratio narrows to the smallest ratio that meets the
 budget (latency falls with the ratio in steps, not smoothly, so every probe is a measurement,
 never an estimate from MACs).
+
+A probe meets the budget when its p50's whole 95% interval is at or under it, misses when the
+whole interval is above; when the interval straddles the budget the host was too noisy to
+decide: the probe counts as a miss (more pruning, never a model that may be too slow) and the
+search records and logs it.
 """
 from __future__ import annotations
 
@@ -32,9 +37,26 @@ class BudgetSearch:
     def best(self) -> dict:
         return min(self.trials, key=lambda t: t["p50_ms"])
 
+    @property
+    def undecided(self) -> list[float]:
+        """Ratios whose p50 interval straddled the budget (the host too noisy to decide)."""
+        return [t["ratio"] for t in self.trials if t.get("decided") is False]
+
     def to_dict(self) -> dict:
         return {"latency_budget_ms": self.budget_ms, "max_ratio": self.max_ratio,
-                "chosen_ratio": round(self.ratio, 4), "statistic": "p50", "trials": self.trials}
+                "chosen_ratio": round(self.ratio, 4), "statistic": "p50", "trials": self.trials,
+                "undecided": self.undecided}
+
+
+def meets_budget(trial: dict, budget_ms: float) -> tuple[bool, bool]:
+    """(meets, decided) of one probe: its p50 interval (`p50_ci`) against the budget; without
+    an interval the point p50 decides."""
+    ci = trial.get("p50_ci")
+    if not ci:
+        return trial["p50_ms"] <= budget_ms, True
+    if ci["high"] <= budget_ms:
+        return True, True
+    return False, ci["low"] > budget_ms
 
 
 def search_ratio(probe: Callable[[float], dict], budget_ms: float, max_ratio: float,
@@ -50,7 +72,12 @@ def search_ratio(probe: Callable[[float], dict], budget_ms: float, max_ratio: fl
 
     def meets(ratio: float) -> bool:
         trial = {"ratio": round(ratio, 4), **probe(ratio)}
-        trial["meets_budget"] = trial["p50_ms"] <= budget_ms
+        trial["meets_budget"], trial["decided"] = meets_budget(trial, budget_ms)
+        if not trial["decided"]:
+            ci = trial["p50_ci"]
+            logger.warning(f"prune: host too noisy to decide whether ratio {ratio:.3f} meets "
+                           f"{budget_ms:g} ms on {where}: p50 {trial['p50_ms']:.3f} ms [95% CI "
+                           f"{ci['low']:.3f}, {ci['high']:.3f}] straddles it; counted as a miss")
         result.trials.append(trial)
         return trial["meets_budget"]
 
@@ -96,7 +123,7 @@ def search_budget(student, example, plan, protected: list[str], pre, probe, p, w
         log(f"budget probe ratio {ratio:.3f}: {removed:.1%} of MACs removed, "
             f"p50 {stats['p50_ms']:.3f} ms, p90 {stats['p90_ms']:.3f} ms on {probe.label}")
         return {"macs_removed": round(removed, 4), "p50_ms": stats["p50_ms"], "p90_ms": stats["p90_ms"],
-                "rounds_p50_ms": stats["rounds_p50_ms"]}
+                "p50_ci": stats.get("p50_ci"), "rounds_p50_ms": stats["rounds_p50_ms"]}
 
     import torch
     threads = torch.get_num_threads()    # the torch runtime sets its own; training needs ours back

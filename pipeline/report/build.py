@@ -5,6 +5,7 @@ import time
 
 from pipeline.config import Config
 from pipeline.measure.artifacts import TEACHER
+from pipeline.report.claims import noisy_host, speedup_claims
 from pipeline.report.headline import headlines
 from pipeline.report.pareto import mark_pareto
 from pipeline.measure.targets import device_family, is_reference
@@ -42,8 +43,13 @@ def enrich(rows: list[dict]) -> list[dict]:
 def build_report(results: dict, inputs: dict[str, Manifest], cfg: Config) -> dict:
     """The report document: rows, headlines (target first), environment, notes, settings."""
     rows = enrich(results["rows"])
-    heads = headlines(rows, cfg.benchmark.target, cfg.benchmark.deploy_tolerance)
+    floor = results.get("noise_floor")
+    heads = headlines(rows, cfg.benchmark.target, cfg.benchmark.deploy_tolerance, floor)
     primary = heads[0] if heads and heads[0]["target"] == cfg.benchmark.target else None
+    noisy = noisy_host(floor, results.get("host_load"))
+    for h in heads:
+        if noisy["noisy"]:
+            h["text"] += f" Noisy host while measuring: {'; '.join(noisy['reasons'])}."
     for r in rows:
         r["deployed"] = bool(primary) and r["id"] == primary["deployed"]
     bench = inputs.get("benchmark")
@@ -54,4 +60,7 @@ def build_report(results: dict, inputs: dict[str, Manifest], cfg: Config) -> dic
             "settings": {**results.get("benchmark", {}), "target": cfg.benchmark.target,
                          "deploy_tolerance": cfg.benchmark.deploy_tolerance},
             "rows": rows, "environment": results.get("environment", {}),
+            "noise_floor": floor, "host_load": results.get("host_load"),
+            "noisy_host": noisy,
+            "speedups": speedup_claims(rows, floor),
             "upstream": upstream_notes(inputs)}

@@ -3,7 +3,10 @@
 The deployed model is the row with the lowest p90 latency on the target device (benchmark.target)
 at the smallest benchmarked batch, among the deployable artifacts (ONNX, OpenVINO, TensorRT) whose
 val top-1 is within benchmark.deploy_tolerance points of the teacher's. When none is, it is the
-most accurate deployable row, and the headline says it missed the tolerance. Without deployable
+most accurate deployable row, and the headline says it missed the tolerance. Rows not faster
+than the fastest beyond the noise are tied with it, and the most accurate, then highest-precision
+of them ships (pipeline.report.claims). The speed-up carries its interval; "faster" is said only
+when the interval excludes 1. Without deployable
 rows (export not run) the student and pruned torch models stand in. Both sides come from one
 benchmark run on one machine, so the speed-up is measured, never combined across runs.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 from pipeline.measure.artifacts import TEACHER
 from pipeline.measure.targets import device_family, is_eager, is_reference
+from pipeline.report.claims import pick_deployed, speedup
 from runtimes import formats
 
 
@@ -34,7 +38,7 @@ def deployed_candidates(rows: list[dict], target: str, batch: int) -> list[dict]
 
 
 def headline(rows: list[dict], target: str = "cpu", tolerance: float = 1.0,
-             batch: int | None = None) -> dict | None:
+             batch: int | None = None, noise_floor: dict | None = None) -> dict | None:
     """The deployed row vs the teacher row: speed-up (p50, p90), accuracy and size change.
     None when the target has no measured teacher row or nothing to deploy."""
     measured = [r for r in rows if r["status"] == "ok" and device_family(r["device"]) == target]
@@ -49,16 +53,18 @@ def headline(rows: list[dict], target: str = "cpu", tolerance: float = 1.0,
         return None
     floor = teacher["accuracy"] - tolerance
     within = [r for r in options if r["accuracy"] >= floor]
-    deployed = (min(within, key=lambda r: r["p90_ms"]) if within
-                else max(options, key=lambda r: (r["accuracy"], -r["p90_ms"])))
+    deployed, why = (pick_deployed(within, noise_floor) if within else
+                     (max(options, key=lambda r: (r["accuracy"], -r["p90_ms"])), "the most accurate"))
     out = {"target": target, "batch": batch, "tolerance_points": tolerance,
            "within_tolerance": bool(within), "teacher": teacher["id"], "deployed": deployed["id"],
            "deployed_artifact": deployed["artifact"], "deployed_runtime": deployed["runtime"],
-           "deployed_device": deployed["device"]}
+           "deployed_device": deployed["device"], "deployed_because": why}
     for q in ("p50_ms", "p90_ms", "p99_ms"):
         out[f"teacher_{q}"], out[f"deployed_{q}"] = teacher[q], deployed[q]
     out["speedup_p50"] = _ratio(teacher["p50_ms"], deployed["p50_ms"])
     out["speedup_p90"] = _ratio(teacher["p90_ms"], deployed["p90_ms"])
+    for stat in ("p50", "p90"):
+        out[f"speedup_{stat}_ci"] = speedup(teacher, deployed, stat, noise_floor)
     out["teacher_accuracy"], out["deployed_accuracy"] = teacher["accuracy"], deployed["accuracy"]
     out["accuracy_change_points"] = deployed["accuracy"] - teacher["accuracy"]
     out["teacher_size_bytes"], out["deployed_size_bytes"] = teacher["size_bytes"], deployed["size_bytes"]
@@ -115,16 +121,33 @@ def headline_text(h: dict) -> str:
         size = (f" {h['deployed_size_bytes'] / 1e6:.2f} MB vs {h['teacher_size_bytes'] / 1e6:.2f} MB "
                 f"on disk ({h['size_ratio']:.1f}x smaller).")
     return (f"Deployed model {h['deployed_artifact']} on {h['deployed_runtime']}/{h['deployed_device']} "
-            f"(batch {h['batch']}): {h['speedup_p90']:.1f}x faster at p90 ({h['deployed_p90_ms']:.3f} "
+            f"(batch {h['batch']}): {_speed(h)} ({h['deployed_p90_ms']:.3f} "
             f"vs {h['teacher_p90_ms']:.3f} ms) and {h['speedup_p50']:.1f}x at p50 than the fine-tuned "
             f"teacher in PyTorch eager FP32 on {h['target']}, measured in the same run; val top-1 "
             f"{h['deployed_accuracy']:.2f}% vs {h['teacher_accuracy']:.2f}% "
-            f"({h['accuracy_change_points']:+.2f} points).{size}{miss}")
+            f"({h['accuracy_change_points']:+.2f} points).{size}{miss}{_tie(h)}")
 
 
-def headlines(rows: list[dict], target: str, tolerance: float) -> list[dict]:
+def _tie(h: dict) -> str:
+    why = h.get("deployed_because") or ""
+    return f" Shipped instead of a faster-looking row: {why}." if why.startswith("not slower") else ""
+
+
+def _speed(h: dict) -> str:
+    """"3.1x faster at p90 [95% CI 2.8-3.4x]"; without an interval excluding 1, not "faster"."""
+    ci = h.get("speedup_p90_ci")
+    if not ci:
+        return f"{h['speedup_p90']:.1f}x faster at p90"
+    bounds = f"[{ci['level']:.0%} CI {ci['low']:.2f}-{ci['high']:.2f}x]"
+    if ci["verdict"] == "faster":
+        return f"{h['speedup_p90']:.1f}x faster at p90 {bounds}"
+    return f"not faster beyond the noise at p90 ({h['speedup_p90']:.2f}x {bounds})"
+
+
+def headlines(rows: list[dict], target: str, tolerance: float,
+              noise_floor: dict | None = None) -> list[dict]:
     """The configured target's headline first, then one for every other device family measured
     (a GPU machine gets a CPU and a CUDA headline; each configured target gets its own)."""
     families = [target] + sorted({device_family(r["device"]) for r in rows
                                   if r["status"] == "ok"} - {target})
-    return [h for h in (headline(rows, f, tolerance) for f in families) if h]
+    return [h for h in (headline(rows, f, tolerance, noise_floor=noise_floor) for f in families) if h]

@@ -2,7 +2,9 @@
 
 Reads the teacher, the student, the pruned student, the int8 ONNX and every exported artifact;
 writes results.json: one row per artifact x runtime x device x batch (see pipeline.measure.rows)
-and the environment the numbers were taken in. The teacher (PyTorch eager FP32, the headline's
+and the environment the numbers were taken in. Each row keeps its per-run samples; the run
+measures its own noise floor (one artifact timed twice, see pipeline.measure.noise) and records
+how busy the host was before, during and after (runtimes.host_load). The teacher (PyTorch eager FP32, the headline's
 baseline) and the deployed candidates are measured in the same run, on the same machine.
 """
 from __future__ import annotations
@@ -35,10 +37,23 @@ def params(cfg: Config) -> dict:
 
 def run(ctx: Context) -> Result:
     from runtimes.environment import describe_environment as describe
+    from pipeline.measure.noise import index_rows, measure_noise_floor
     from pipeline.measure.rows import build_rows, summary
+    from pipeline.report.claims import noisy_host
+    from runtimes.cpus import usable_cores
+    from runtimes.host_load import HostLoadMonitor
     started = time.time()
-    rows = build_rows(ctx.inputs, ctx.cfg)
-    results = {"rows": rows, "environment": describe(ctx.cfg.benchmark.threads),
+    monitor = HostLoadMonitor(usable_cores=usable_cores()).start()
+    try:
+        rows = build_rows(ctx.inputs, ctx.cfg)
+        floor = measure_noise_floor(rows, ctx.inputs, ctx.cfg)
+    finally:
+        host = monitor.stop()
+    index_rows(rows)
+    for reason in noisy_host(floor, host)["reasons"]:
+        log.warning(f"benchmark: noisy host: {reason}")
+    results = {"rows": rows, "noise_floor": floor, "host_load": host,
+               "environment": describe(ctx.cfg.benchmark.threads),
                "benchmark": ctx.cfg.benchmark.model_dump(mode="json"),
                "seconds": round(time.time() - started, 2)}
     path = ctx.out_dir / RESULTS
@@ -50,6 +65,6 @@ def run(ctx: Context) -> Result:
                   metrics={**counts, "seconds": results["seconds"]})
 
 
-STAGE = Stage(name="benchmark", version=1,
+STAGE = Stage(name="benchmark", version=2,
               deps=("finetune", "distill", "prune", "quantize", "export"), params=params, run=run,
               machine_dependent=True)

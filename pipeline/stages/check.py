@@ -5,6 +5,11 @@ to `check.junit` (relative to the working directory) for CI systems to display, 
 BudgetFailed when any budget fails: the CLI exits with code 5 and nothing is committed,
 so a failing check is never cached as passed. A passing check is cached; its `publish` step
 prints the verdicts and rewrites `check.junit` on every run, cache hits included.
+
+With `check.baseline`, relative budgets compare every row with the baseline report's
+(pipeline.gate.regression): pass, fail, inconclusive (fails only with `check.inconclusive: fail`)
+or not comparable (another machine or other data; never fails). The baseline's identity joins
+the cache key, so a new report in the store (for `last`) re-runs the check.
 """
 from __future__ import annotations
 
@@ -38,7 +43,35 @@ class BudgetFailed(RuntimeError, errors.GateFailed):
 
 def params(cfg: Config) -> dict:
     # Where CI wants its copy of the JUnit file does not change the verdicts.
-    return {"check": cfg.check.model_dump(mode="json", exclude={"junit"})}
+    out = {"check": cfg.check.model_dump(mode="json", exclude={"junit"})}
+    if cfg.check.baseline:
+        from pipeline.gate.baseline import identity
+        out["baseline"] = identity(cfg.check.baseline, cfg.run.store, cfg.run.name)
+    return out
+
+
+def _relative(report: dict, ctx: Context) -> list:
+    """Verdicts of the relative budgets (none configured: none; no baseline: skipped, with why)."""
+    from pipeline.gate.baseline import resolve
+    from pipeline.gate.regression import evaluate_relative, skipped
+    check = ctx.cfg.check
+    if check.max_p90_regression is None and check.min_accuracy_delta is None:
+        return []
+    if not check.baseline:
+        return skipped(check, "no baseline: relative budgets skipped (set check.baseline to a "
+                              "report or 'last')")
+    path = resolve(check.baseline, ctx.store_root, ctx.cfg.run.name, ctx.input("report").key)
+    if path is None:
+        return skipped(check, f"no baseline yet: no other report of run '{ctx.cfg.run.name}' in "
+                              f"{ctx.store_root}; this report is the next run's baseline")
+    try:
+        baseline = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        from pipeline.gate.baseline import BaselineMissing
+        raise BaselineMissing(f"check.baseline {path} cannot be read ({exc}); point check.baseline "
+                              f"at another report or regenerate it") from None
+    logger.info(f"check: baseline {path}")
+    return evaluate_relative(report, baseline, check, str(path))
 
 
 def _write_ci_copy(text: str, target: str) -> Path | None:
@@ -58,8 +91,10 @@ def _log_verdicts(verdicts: list[dict], ci: Path | None) -> None:
                     "check.max_p90_ms, check.max_p90_vs_teacher or check.max_size_mb)")
     for v in verdicts:
         logger.info(f"check: {v['message']}")
-    counts = {s: sum(v["status"] == s for v in verdicts) for s in ("pass", "fail", "skip")}
-    logger.info(f"check: {counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped"
+    counts = {s: sum(v["status"] == s for v in verdicts)
+              for s in ("pass", "fail", "skip", "inconclusive", "not comparable")}
+    extra = "".join(f", {counts[s]} {s}" for s in ("inconclusive", "not comparable") if counts[s])
+    logger.info(f"check: {counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped{extra}"
                 + (f"; JUnit XML: {ci}" if ci else ""))
 
 
@@ -67,18 +102,29 @@ def run(ctx: Context) -> Result:
     from pipeline.gate.budgets import FAIL, PASS, SKIP, evaluate
     from pipeline.gate.junit import to_junit
     report = json.loads(ctx.input("report").path_of("report_json").read_text())
-    verdicts = evaluate(report, ctx.cfg.check)
+    from pipeline.config_check import Inconclusive
+    from pipeline.gate.regression import INCONCLUSIVE
+    verdicts = evaluate(report, ctx.cfg.check) + _relative(report, ctx)
     h = report.get("headline")
-    xml = to_junit(verdicts, h["text"] if h else "")
+    noisy = report.get("noisy_host") or {}
+    if noisy.get("noisy"):
+        logger.warning(f"check: the host was noisy while this report was measured: "
+                       f"{'; '.join(noisy['reasons'])}")
+    strict = ctx.cfg.check.inconclusive == Inconclusive.fail
+    xml = to_junit(verdicts, h["text"] if h else "", inconclusive_fails=strict)
     (ctx.out_dir / JUNIT).write_text(xml)
-    failures = [v for v in verdicts if v.status == FAIL]
+    failures = [v for v in verdicts if v.status == FAIL or (strict and v.status == INCONCLUSIVE)]
+    for v in verdicts:
+        if v.status == INCONCLUSIVE and not strict:
+            logger.warning(f"check: {v.message} (check.inconclusive: warn)")
     if failures:
         # Nothing is committed, so `publish` will not run: report and hand CI its file here.
         ci = _write_ci_copy(xml, ctx.cfg.check.junit)
         _log_verdicts([v.to_dict() for v in verdicts], ci)
         raise BudgetFailed(failures, ci)
     (ctx.out_dir / VERDICTS).write_text(json.dumps([v.to_dict() for v in verdicts], indent=2))
-    counts = {s: sum(v.status == s for v in verdicts) for s in (PASS, FAIL, SKIP)}
+    counts = {s: sum(v.status == s for v in verdicts) for s in (PASS, FAIL, SKIP, INCONCLUSIVE)}
+    counts["not_comparable"] = sum(v.status == "not comparable" for v in verdicts)
     return Result(outputs={"junit": Artifact.of(ctx.out_dir, ctx.out_dir / JUNIT, Format.data),
                            "verdicts": Artifact.of(ctx.out_dir, ctx.out_dir / VERDICTS, Format.data)},
                   metrics={**counts, "verdicts": [v.to_dict() for v in verdicts]})
@@ -91,4 +137,4 @@ def publish(manifest: Manifest, cfg: Config) -> None:
     _log_verdicts(manifest.metrics.get("verdicts", []), ci)
 
 
-STAGE = Stage(name="check", version=1, deps=("report",), params=params, run=run, publish=publish)
+STAGE = Stage(name="check", version=2, deps=("report",), params=params, run=run, publish=publish)

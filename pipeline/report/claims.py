@@ -1,0 +1,85 @@
+"""Speed-up claims with their intervals, the deployed-model rule, and the noisy-host flag.
+
+"Faster" is said only when the interval of the ratio excludes 1, after widening by the run's
+noise floor (pipeline.gate.intervals).
+
+The deployed model among the rows within the accuracy tolerance: take the fastest row by p90;
+every row whose p90 is not slower than it beyond the noise (the ratio's interval holds 1) is
+tied with it; among the tied rows the most accurate wins, then the higher precision (fp32 over
+fp16 over int8: fewer kernels that can differ on another CPU), then the lower p90. So a row is
+never shipped for a speed-up the machine cannot tell from noise at the cost of accuracy or
+precision.
+"""
+from __future__ import annotations
+
+from pipeline.gate import intervals
+
+PRECISION_ORDER = {"fp32": 0, "fp16": 1, "bf16": 1, "int8": 2}
+
+
+def pick_deployed(within: list[dict], noise_floor: dict | None) -> tuple[dict, str]:
+    """(row, why) by the rule in the module docstring; `within` is non-empty."""
+    fastest = min(within, key=lambda r: r["p90_ms"])
+    widen = intervals.margin(noise_floor, "p90")
+    tied = []
+    for r in within:
+        ratio = intervals.ratio(r, fastest, "p90", widen) if r is not fastest else None
+        if r is fastest or (ratio is not None and not ratio.above(1.0)):
+            tied.append(r)
+    chosen = max(tied, key=lambda r: (r["accuracy"], -PRECISION_ORDER.get(r.get("precision"), 3),
+                                      -r["p90_ms"]))
+    if chosen is fastest:
+        why = "the fastest at p90 within the tolerance"
+        others = [r["id"] for r in tied if r is not fastest]
+        if others:
+            why += f"; tied within the noise with {', '.join(others)}, none more accurate or higher precision"
+    else:
+        ratio = intervals.ratio(chosen, fastest, "p90", widen)
+        why = (f"not slower beyond the noise than the fastest, {fastest['id']} (p90 ratio "
+               f"{ratio.text(2)}), and more accurate or higher precision")
+    return chosen, why
+
+
+def speedup(slow: dict, fast: dict, stat: str, noise_floor: dict | None) -> dict | None:
+    """How many times faster `fast` is than `slow` at `stat`, with the interval and the word:
+    {"estimate", "low", "high", "level", "verdict": faster | slower | within noise}."""
+    ratio = intervals.ratio(fast, slow, stat, intervals.margin(noise_floor, stat))
+    if ratio is None:
+        return None
+    return {**intervals.speedup(ratio).to_dict(), "verdict": intervals.claim(ratio)}
+
+
+def _pairs(rows: list[dict]):
+    """(kind, slower-expected row, faster-expected row): pruned vs student, int8 vs fp32."""
+    ok = {(r["artifact"], r["runtime"], r["device"], r["batch"]): r for r in rows if r["status"] == "ok"}
+    for (artifact, runtime, device, batch), row in ok.items():
+        if artifact == "pruned" and ("student", runtime, device, batch) in ok:
+            yield "pruned vs unpruned", ok[("student", runtime, device, batch)], row
+        if artifact.endswith("int8"):
+            fp32 = ok.get((artifact[:-4] + "fp32", runtime, device, batch))
+            if fp32:
+                yield "int8 vs fp32", fp32, row
+
+
+def speedup_claims(rows: list[dict], noise_floor: dict | None) -> list[dict]:
+    """Every pruned-vs-unpruned and int8-vs-fp32 pair measured in the run, at p50 and p90."""
+    out = []
+    for kind, base, row in _pairs(rows):
+        entry = {"kind": kind, "baseline": base["id"], "candidate": row["id"]}
+        for stat in intervals.QUANTILES:
+            entry[stat] = speedup(base, row, stat, noise_floor)
+        p90 = entry["p90"]
+        entry["text"] = (f"{row['id']} vs {base['id']}: " + (
+            "no samples" if p90 is None else f"{p90['estimate']:.2f}x at p90 "
+            f"[{p90['level']:.0%} CI {p90['low']:.2f}-{p90['high']:.2f}], {p90['verdict']}"))
+        out.append(entry)
+    return out
+
+
+def noisy_host(noise_floor: dict | None, host_load: dict | None) -> dict:
+    """{"noisy": bool, "reasons": [...]} from the host load record and the A/A pair."""
+    reasons = list((host_load or {}).get("reasons", []))
+    if noise_floor and noise_floor.get("noisy"):
+        reasons.append(f"{noise_floor['row']} measured twice: second/first p90 ratio "
+                       f"{noise_floor['p90']['estimate']:.2f} (A/A noise floor)")
+    return {"noisy": bool(reasons), "reasons": reasons}
