@@ -192,17 +192,17 @@ def test_prune_stage_end_to_end(tmp_path):
 
 
 def test_accuracy_budget_keeps_the_last_step_that_holds_it():
-    from pipeline.stages.prune import _accuracy_budget, _within_budget
+    from pipeline.prune.steps import accuracy_budget, within_budget
     steps = [{"step": 1, "val_top1": 89.5, "macs_removed": 0.2}, {"step": 2, "val_top1": 87.0, "macs_removed": 0.4}]
-    assert _within_budget(steps[0], 90.0, 1.0) and steps[0]["accuracy_drop_points"] == 0.5
-    assert not _within_budget(steps[1], 90.0, 1.0) and steps[1]["accuracy_drop_points"] == 3.0
-    assert _within_budget(steps[1], 90.0, None)                     # no budget: anything goes
-    record = _accuracy_budget(steps, 1, 3, 90.0, 1.0)
+    assert within_budget(steps[0], 90.0, 1.0) and steps[0]["accuracy_drop_points"] == 0.5
+    assert not within_budget(steps[1], 90.0, 1.0) and steps[1]["accuracy_drop_points"] == 3.0
+    assert within_budget(steps[1], 90.0, None)                     # no budget: anything goes
+    record = accuracy_budget(steps, 1, 3, 90.0, 1.0)
     assert record["backed_off"] and record["steps_kept"] == 1
     assert record["warning"].startswith("prune backed off: step 2 of 3 lost 3.00 points (> "
                                         "prune.max_accuracy_drop 1); shipping step 1 (20.0% of MACs removed")
-    assert "the unpruned student (90.00%)" in _accuracy_budget(steps, 0, 3, 90.0, 1.0)["warning"]
-    assert _accuracy_budget(steps, 2, 2, 90.0, 1.0)["warning"] is None
+    assert "the unpruned student (90.00%)" in accuracy_budget(steps, 0, 3, 90.0, 1.0)["warning"]
+    assert accuracy_budget(steps, 2, 2, 90.0, 1.0)["warning"] is None
 
 
 def test_prune_stage_backs_off_when_a_step_loses_too_much(tmp_path, monkeypatch):

@@ -13,7 +13,6 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import Config, Importance
@@ -60,68 +59,6 @@ def _recovery_loss(ctx: Context, pre, splits, device):
                        cfg.distill.alpha, p.recover.label_smoothing)
 
 
-def _broadcast(value):
-    """Rank 0's value on every process (a budget search is measured once, on rank 0)."""
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-@dataclass
-class _Setup:
-    """What every pruning step needs: the config, the plan, data, the recovery loss, the baseline."""
-
-    cfg: Config
-    plan: object             # PrunePlan
-    example: object          # one zero input, for tracing and counting MACs
-    device: object
-    train: object            # recovery training set
-    val: object
-    calib: object            # un-augmented training images for BatchNorm statistics
-    loss: object             # DistillLoss against the teacher
-    protected: list
-    macs0: int = 0
-    params0: int = 0
-
-
-def _prune_step(i: int, n: int, ratio: float, student, pruner, s: _Setup) -> dict:
-    """One step: score (taylor), prune on the schedule, re-estimate BatchNorm statistics, recover.
-
-    The last step tops up to the MAC target if the schedule fell short of it (global or taylor
-    pruning can keep different widths than the one-shot search predicted)."""
-    from pipeline.prune.recover import accumulate_gradients, recalibrate_batchnorm, recover
-    from pipeline.prune.structured import macs_and_params, prune_to_macs
-    p = s.cfg.prune
-    t0 = time.time()
-    # Taylor scores need gradients of the current weights: step 1 reuses those run() took for the
-    # ratio search (same weights, same batches); later steps score the recovered weights.
-    if s.plan.importance == Importance.taylor and i > 1:
-        accumulate_gradients(student, s.loss, s.train, p.recover.batch_size, s.device)
-    student.cpu()
-    pruner.step()
-    target = int(s.macs0 * (1 - ratio))
-    topped_up = i == n and macs_and_params(student, s.example)[0] > target
-    if topped_up:
-        prune_to_macs(student, s.example, target, s.plan, s.protected,
-                      {name: 0.0 for name in s.plan.layer_ratios})
-    student.zero_grad(set_to_none=True)
-    macs, n_params = macs_and_params(student, s.example)
-    recalibrate_batchnorm(student, s.calib, p.recover.batch_size, s.device)
-    _log(f"step {i}/{n}: {1 - macs / s.macs0:.1%} of MACs removed")
-    fit = recover(student, s.train, s.val, p.recover, s.device, s.cfg.run.seed, s.loss,
-                  f"prune recover {i}/{n}", s.cfg.run.num_workers)
-    student.cpu()
-    return {"step": i, "macs": macs, "params": n_params, "macs_removed": round(1 - macs / s.macs0, 4),
-            "params_removed": round(1 - n_params / s.params0, 4), "topped_up_to_target": topped_up,
-            "val_top1_before_recovery": fit.history[0]["val_top1"], "val_top1": fit.best_top1,
-            "recovery": {"best_epoch": fit.best_epoch, "history": fit.history,
-                         "seconds": round(fit.seconds, 2)},
-            "seconds": round(time.time() - t0, 2)}
-
-
 def run(ctx: Context) -> Result:
     import torch
     from pipeline.data import load_splits
@@ -131,9 +68,11 @@ def run(ctx: Context) -> Result:
     from pipeline.models.pruned import save_pruned_model
     from pipeline.prune.latency import LatencyProbe, export_candidate
     from pipeline.prune.recover import accumulate_gradients
+    from pipeline.prune.steps import (StepSetup, accuracy_budget, budget_verdict, compare, prune_step,
+                                      within_budget)
     from pipeline.prune.structured import (IterativePruner, PrunePlan, channel_ratio_for, macs_and_params,
                                            protected_layers)
-    from pipeline.train.distributed import world
+    from pipeline.train.distributed import broadcast, world
     from pipeline.train.loop import evaluate
     from pipeline.train.teacher_cache import augmentation_on
 
@@ -149,7 +88,7 @@ def run(ctx: Context) -> Result:
     augment = p.recover.augment if augmentation_on(p.recover.augment) else None
     plan = PrunePlan.from_config(p)
     example = torch.zeros(pre.input_shape(1))
-    s = _Setup(cfg, plan, example, device, train=TorchImageSet(splits.train, pre, augment, cfg.run.seed),
+    s = StepSetup(cfg, plan, example, device, train=TorchImageSet(splits.train, pre, augment, cfg.run.seed),
                val=TorchImageSet(splits.val, pre, None, cfg.run.seed),
                calib=TorchImageSet(splits.train, pre, None, cfg.run.seed),
                loss=_recovery_loss(ctx, pre, splits, device),
@@ -168,7 +107,7 @@ def run(ctx: Context) -> Result:
         models = {"unpruned": copy.deepcopy(student)}
         budget = None
         if p.latency_budget_ms is not None:
-            budget = _broadcast(search_budget(student, example, plan, s.protected, pre, probe, p, work,
+            budget = broadcast(search_budget(student, example, plan, s.protected, pre, probe, p, work,
                                               log=_log) if is_main else None)
             ratio = budget.ratio
         else:
@@ -182,9 +121,9 @@ def run(ctx: Context) -> Result:
             _log(f"{ratio:.1%} of MACs to remove: {channel_ratio:.3f} of each layer's channels, in {n} steps")
         kept = 0     # steps whose model holds prune.max_accuracy_drop; the last of them ships
         for i in range(1, n + 1):
-            steps.append(_prune_step(i, n, ratio, student, pruner, s))
+            steps.append(prune_step(i, n, ratio, student, pruner, s))
             models[f"step{i}"] = copy.deepcopy(student)
-            if not _within_budget(steps[-1], top1_0, p.max_accuracy_drop):
+            if not within_budget(steps[-1], top1_0, p.max_accuracy_drop):
                 break        # later steps only remove more: stop here, keep the last good model
             kept = i
         student = copy.deepcopy(models[f"step{kept}" if kept else "unpruned"])
@@ -199,19 +138,19 @@ def run(ctx: Context) -> Result:
     for step in steps:
         step["latency"] = latency.get(f"step{step['step']}")
 
-    before, after, summary = _compare(s, student, steps[:kept], latency, top1_0)
-    accuracy_budget = _accuracy_budget(steps, kept, n, top1_0, p.max_accuracy_drop)
+    before, after, summary = compare(s, student, steps[:kept], latency, top1_0)
+    kept_record = accuracy_budget(steps, kept, n, top1_0, p.max_accuracy_drop)
     metrics = {"mode": "latency_budget" if budget else "ratio", "target_macs_removed": ratio,
                "channel_ratio": round(channel_ratio, 4),
                "importance": p.importance.value, "global_pruning": p.global_pruning, "round_to": p.round_to,
                "protected_layers": s.protected, "before": before, "after": after, "summary": summary,
-               "accuracy_budget": accuracy_budget, "steps": steps,
+               "accuracy_budget": kept_record, "steps": steps,
                "runtime": {"name": probe.runtime.value, "device": probe.device,
                            "threads": probe.threads, "batch": probe.batch},
                "methodology": probe.describe(p.measure_rounds), "device": str(device),
                "seconds": round(time.time() - started, 2)}
     if budget:
-        metrics["budget"] = _budget_verdict(budget, after, p.latency_budget_ms, is_main)
+        metrics["budget"] = budget_verdict(budget, after, p.latency_budget_ms, is_main)
     if "speedup_p50" in summary:
         _log(f"{summary['macs_removed']:.1%} of MACs removed, val {top1_0:.2f}% -> "
              f"{after['val_top1']:.2f}%, p50 "
@@ -221,60 +160,6 @@ def run(ctx: Context) -> Result:
                                  extra={"student_sha256": source.outputs["model"].sha256,
                                         "macs_removed": summary["macs_removed"]})
     return Result(outputs={"model": artifact}, metrics=metrics)
-
-
-def _compare(s: _Setup, student, steps: list[dict], latency: dict, top1_0: float):
-    """(before, after, summary): params, MACs, val top-1 and latency of the unpruned student and
-    the final model, and the ratios between them."""
-    from pipeline.prune.structured import macs_and_params
-    macs1, params1 = macs_and_params(student, s.example)
-    top1_1 = steps[-1]["val_top1"] if steps else top1_0
-    before = {"params": s.params0, "macs": s.macs0, "val_top1": top1_0, "latency": latency.get("unpruned")}
-    after = {"params": params1, "macs": macs1, "val_top1": top1_1,
-             "latency": latency.get(f"step{len(steps)}" if steps else "unpruned")}
-    summary = {"macs_removed": round(1 - macs1 / s.macs0, 4),
-               "params_removed": round(1 - params1 / s.params0, 4),
-               "accuracy_delta_points": round(top1_1 - top1_0, 4)}
-    if before["latency"] and after["latency"]:
-        for q in ("p50", "p90"):
-            summary[f"speedup_{q}"] = round(before["latency"][f"{q}_ms"] / after["latency"][f"{q}_ms"], 3)
-    return before, after, summary
-
-
-def _within_budget(step: dict, top1_0: float, max_drop: float | None) -> bool:
-    """Whether a recovered step keeps prune.max_accuracy_drop; says so when it does not."""
-    step["accuracy_drop_points"] = round(top1_0 - step["val_top1"], 4)
-    if max_drop is None or step["accuracy_drop_points"] <= max_drop:
-        return True
-    _log(f"step {step['step']} lost {step['accuracy_drop_points']:.2f} points after recovery "
-         f"(val {step['val_top1']:.2f}% vs {top1_0:.2f}% unpruned; prune.max_accuracy_drop "
-         f"{max_drop:g}): no further pruning")
-    return False
-
-
-def _accuracy_budget(steps: list[dict], kept: int, n: int, top1_0: float, max_drop: float | None) -> dict:
-    """The accuracy budget's record: which step ships and why, with a warning when it backed off."""
-    out = {"max_accuracy_drop": max_drop, "steps_planned": n, "steps_kept": kept,
-           "backed_off": kept < n, "warning": None}
-    if kept < n:
-        shipped = (f"step {kept} ({steps[kept - 1]['macs_removed']:.1%} of MACs removed, val "
-                   f"{steps[kept - 1]['val_top1']:.2f}%)" if kept else f"the unpruned student ({top1_0:.2f}%)")
-        out["warning"] = (f"prune backed off: step {kept + 1} of {n} lost "
-                          f"{steps[kept]['accuracy_drop_points']:.2f} points (> prune.max_accuracy_drop "
-                          f"{max_drop:g}); shipping {shipped}. Lower prune.ratio, add prune.recover "
-                          "epochs, or raise prune.max_accuracy_drop")
-        logger.warning(f"prune: {out['warning']}")
-    return out
-
-
-def _budget_verdict(budget, after: dict, budget_ms: float, is_main: bool) -> dict:
-    """The search record plus whether the final run's measurement still meets the budget."""
-    met = bool(after["latency"]) and after["latency"]["p50_ms"] <= budget_ms
-    if is_main and not met:
-        logger.warning(f"prune: the search's pick met {budget_ms} ms, but the final run measured "
-                       f"{after['latency']['p50_ms']:.3f} ms (p50); the machine may be busier now than "
-                       "during the search")
-    return {**budget.to_dict(), "met_in_final_run": met}
 
 
 STAGE = Stage(name="prune", version=3, deps=("finetune", "distill"), params=params, run=run)

@@ -86,3 +86,13 @@ class ShardedBatchSampler:
     def __len__(self) -> int:
         full, rest = divmod(self.n, self.batch_size)
         return full + (0 if self.drop_last or not rest else 1)
+
+
+def broadcast(value):
+    """Rank 0's value on every process (a budget search is measured once, on rank 0)."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
