@@ -6,6 +6,7 @@ pins full precision when outputs must match other runtimes closely.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -45,13 +46,29 @@ def unavailable(device: str = "cpu") -> str | None:
     return None
 
 
+@functools.cache
+def core():
+    """The one `openvino.Core` of this process; every device use goes through it.
+
+    Each Core's CPU plugin replaces the calling thread's alternate signal stack with one it
+    mmaps, and on destruction puts back the stack it found and unmaps its own. Two Cores that
+    die in the other order than they were made therefore leave the main thread's signal stack
+    pointing at unmapped memory: the next signal with a handler (Ctrl-C, or SIGCHLD once torch's
+    DataLoader has installed one) kills the process with a SIGSEGV that no handler can report, or,
+    when the address has been mapped again, writes the signal frame over live heap memory. One
+    Core that lives until exit installs one stack and never restores a stale one.
+    (openvinotoolkit/openvino#11894 added the stack swap, for AMX.)
+    """
+    import openvino as ov
+
+    return ov.Core()
+
+
 def devices() -> list[str]:
     """OpenVINO's available devices, lower-cased (e.g. ["cpu"], ["cpu", "gpu.0", "npu"])."""
     if unimportable_reason("openvino", "openvino", "openvino"):
         return []
-    import openvino as ov
-
-    return [name.lower() for name in ov.Core().available_devices]
+    return [name.lower() for name in core().available_devices]
 
 
 def compile_config(device: str, threads: int | None,
@@ -93,9 +110,8 @@ def pinned_options(precision: str, device: str) -> dict:
 
 
 def _capabilities(device: str) -> list[str]:
-    import openvino as ov
     try:
-        return list(ov.Core().get_property(device.upper(), "OPTIMIZATION_CAPABILITIES"))
+        return list(core().get_property(device.upper(), "OPTIMIZATION_CAPABILITIES"))
     except Exception:  # a device that does not report capabilities computes as it is told
         return []
 
@@ -144,9 +160,6 @@ def load(model, device: str = "cpu", threads: int | None = None,
     reason = unavailable(device)
     if reason:
         raise RuntimeError(f"cannot load on openvino device {device!r}: {reason}")
-    import openvino as ov
-
-    core = ov.Core()
     if isinstance(model, (str, Path)):
         path = Path(model)
         if not path.is_file():
@@ -155,9 +168,9 @@ def load(model, device: str = "cpu", threads: int | None = None,
         if missing:
             raise FileNotFoundError(f"OpenVINO model {str(path)!r} has no {str(missing[0])!r} "
                                     f"beside it")
-        model = core.read_model(str(path))
+        model = core().read_model(str(path))
     config = compile_config(device, threads, inference_precision)
-    compiled = core.compile_model(model, device.upper(), config)
+    compiled = core().compile_model(model, device.upper(), config)
     return OpenVinoSession(compiled, inference_precision)
 
 

@@ -14,6 +14,7 @@ ov = pytest.importorskip("openvino")
 from calibration.preprocess import Preprocessing  # noqa: E402
 from exporters import ExportError, ExportSpec, ParityError, export  # noqa: E402
 from exporters.openvino_export import ir_op_types, read_ir_preprocessing  # noqa: E402
+from runtimes import openvino_runtime  # noqa: E402
 from runtimes.execution import open_model  # noqa: E402
 from exporters.parity import check_export, compare_logits  # noqa: E402
 
@@ -103,7 +104,7 @@ def test_int8_ir_is_quantized_and_runs_low_precision(setup):
     xml = setup["irs"]["int8"]
     assert "FakeQuantize" in ir_op_types(xml)
     assert "FakeQuantize" not in ir_op_types(setup["irs"]["fp32"])
-    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = openvino_runtime.core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     exec_types = {str(op.get_output_element_type(0)) for op in compiled.get_runtime_model().get_ops()}
     assert any("int8" in t or "uint8" in t for t in exec_types), exec_types
     out = open_model(xml, "openvino").run(setup["xs"][:4])
