@@ -79,9 +79,10 @@ test-deps: ## install what the tests need beyond Python packages (openssh-server
 	  apt-get install -y openssh-server || echo "test-deps: openssh-server not installed; the target tests will skip"; \
 	fi
 
-# Each test file runs in a fresh interpreter: one process that has run the whole suite through
-# torch, ONNX Runtime, OpenVINO and NNCF has crashed in malloc near its end (heap corruption
-# inside a native library), and a crash would hide every result after it.
+# Each test file runs in a fresh interpreter, so one file's crash cannot hide the results of the
+# others. (The one-process crash this guarded against was OpenVINO's CPU plugin restoring an
+# unmapped signal stack when Cores were freed out of order; runtimes/openvino_runtime.core() keeps
+# one Core per process, and tests/test_openvino_signal_stack.py holds that.)
 test: setup test-deps ## run the test suite, each file in its own interpreter
 	@failed=""; for f in tests/test_*.py; do \
 	  echo "== $$f"; $(PY) -m pytest -q -p no:cacheprovider "$$f" || failed="$$failed $$f"; \
