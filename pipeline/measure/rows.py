@@ -208,7 +208,8 @@ def build_rows(inputs: dict[str, Manifest], cfg: Config, log=_log) -> list[dict]
     cands = candidates(inputs)
     models = TorchModels(cands, val, bench.threads)
     rows: list[dict] = []
-    for cand in cands:
+    from runtimes.progress import progress
+    for cand in progress(cands, desc="benchmark", unit="artifacts", log=_logger):
         for target in targets_for(cand.format, bench):
             reason = cand.unavailable or target.unavailable
             if reason:

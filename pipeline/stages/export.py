@@ -1,6 +1,7 @@
 """export: ONNX, OpenVINO IR and TensorRT engines as self-verifying bundles, each scored in its runtime."""
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from pathlib import Path
@@ -97,11 +98,14 @@ def run(ctx: Context) -> Result:
     val = ValImages(load_splits(cfg.data, cfg.run.seed).val)
     ex = Exporter(ctx, pre, val, sources)
     onnx_of = {"fp32": q.path_of("onnx_fp32"), "int8": q.path_of("onnx_int8")}
-    for precision, path in onnx_of.items():
-        ex.add(f"onnx_{precision}", Format.onnx, path, precision)
-    # fp16 engines and IRs are converted from the fp32 ONNX; int8 ones from the Q/DQ file.
-    for fmt, precision in _requested(cfg):
-        ex.convert(onnx_of["int8" if precision == "int8" else "fp32"], fmt, precision)
+    from runtimes.progress import progress
+    # quantize's files are bundled as they are; fp16 conversions start from the fp32 ONNX, int8
+    # ones from the Q/DQ file.
+    work = [functools.partial(ex.add, f"onnx_{p}", Format.onnx, path, p) for p, path in onnx_of.items()]
+    work += [functools.partial(ex.convert, onnx_of["int8" if p == "int8" else "fp32"], fmt, p)
+             for fmt, p in _requested(cfg)]
+    for step in progress(work, desc="export", unit="artifacts", log=log):
+        step()
     shutil.rmtree(ex.work, ignore_errors=True)
     ex.metrics["quantize"] = {"fp32_top1": q.metrics.get("fp32_top1"), "int8_top1": q.metrics.get("int8_top1")}
     return Result(outputs=ex.outputs, metrics=ex.metrics)
