@@ -6,7 +6,7 @@ fp32 and int8 (Q/DQ ONNX, explicit quantization) build strongly typed networks, 
 explicit-quantization guide asks; fp16 uses the FP16 builder flag where the installed TensorRT
 still has it (10.x). With `spec.use_trtexec` and `trtexec` on PATH (a Jetson), trtexec builds.
 Cached engines and the timing cache carry the hash of their content beside them
-(`calibration.hash_record`) and are rebuilt, with a warning, when they do not match it.
+(`runtimes.hash_record`) and are rebuilt, with a warning, when they do not match it.
 """
 from __future__ import annotations
 

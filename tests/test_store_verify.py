@@ -244,8 +244,8 @@ def _timing(tmp: Path, computed: list) -> bytes:
 CACHE_CASES = [  # id, use the cache (counting builds), its file, the logger that warns, the warning
     ("teacher-logits", _teacher, "cache/teacher-logits/*.npy", "pipeline.train.teacher_cache", "recomputing"),
     ("calibration-tensors", _calibration, "calibration/*.npy", "calibration.cache", "rebuilding it"),
-    ("tensorrt-engine", _engine, "engines/*.engine", "exporters.tensorrt_export", "rebuilding the engine"),
-    ("tensorrt-timing-cache", _timing, "tensorrt/timing.cache", "exporters.tensorrt_export", "starting a new one"),
+    ("tensorrt-engine", _engine, "engines/*.engine", "runtimes.tensorrt_build", "rebuilding the engine"),
+    ("tensorrt-timing-cache", _timing, "tensorrt/timing.cache", "runtimes.tensorrt_build", "starting a new one"),
 ]
 
 
