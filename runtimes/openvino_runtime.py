@@ -7,6 +7,7 @@ pins full precision when outputs must match other runtimes closely.
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,27 @@ def unavailable(device: str = "cpu") -> str | None:
     # "gpu" names the first GPU when OpenVINO lists "gpu.0", "gpu.1".
     if not any(wanted in (name, name.split(".")[0]) for name in found):
         return f"OpenVINO device {device!r} is not present; available: {', '.join(found) or 'none'}"
+    return _compile_failure(wanted.split(".")[0])
+
+
+@functools.cache
+def _compile_failure(device: str) -> str | None:
+    """Why a one-convolution model does not compile on `device`, or None. A listed device can still
+    refuse every model: the CPU plugin's own oneDNN will not start while ONEDNN_MAX_CPU_ISA (the
+    variable that limits PyTorch's oneDNN) is set, and says only "object is not initialized"."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    x = ops.parameter([1, 3, 4, 4], ov.Type.f32)
+    conv = ops.convolution(x, ops.constant(np.ones((4, 3, 1, 1), np.float32)), [1, 1], [0, 0], [0, 0], [1, 1])
+    try:  # a convolution: element-wise layers compile even where oneDNN refused to start
+        core().compile_model(ov.Model([conv], [x]), device.upper())
+    except Exception as exc:
+        last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        if "ONEDNN_MAX_CPU_ISA" in os.environ and device == "cpu":
+            return (f"OpenVINO's CPU plugin does not start while ONEDNN_MAX_CPU_ISA="
+                    f"{os.environ['ONEDNN_MAX_CPU_ISA']} is set ({last}); unset it for OpenVINO rows")
+        return f"OpenVINO cannot compile a model on {device} ({last})"
     return None
 
 

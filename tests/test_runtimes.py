@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import importlib.metadata
 import importlib.util
 import subprocess
@@ -186,6 +187,28 @@ def test_openvino_compiles_for_latency_and_reports_precision(tiny):
     assert pinned.properties["INFERENCE_PRECISION_HINT"] == "f32"
     with pytest.raises(ValueError, match="inference_precision 'int4'"):
         openvino_runtime.load(tiny["xml"], "cpu", 1, inference_precision="int4")
+
+
+def test_openvino_says_why_when_its_cpu_plugin_cannot_start(tiny):
+    # ONEDNN_MAX_CPU_ISA limits PyTorch's oneDNN (to imitate an AVX2 machine); OpenVINO's own
+    # oneDNN may refuse to start under it. Listed as available, it must then also load a model.
+    code = ("from runtimes import openvino_runtime as o\n"
+            "reason = o.unavailable('cpu')\n"
+            "try:\n"
+            f"    o.load({str(tiny['xml'])!r}, 'cpu', 1)\n"
+            "    loads = 'loads'\n"
+            "except RuntimeError:\n"
+            "    loads = 'fails'\n"
+            "print(loads, reason)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    loads, _, reason = done.stdout.strip().partition(" ")
+    if loads == "loads":
+        assert reason == "None"
+    else:
+        assert reason.startswith("OpenVINO's CPU plugin does not start while ONEDNN_MAX_CPU_ISA=AVX2 "
+                                 "is set (") and reason.endswith("); unset it for OpenVINO rows")
 
 
 def test_onnxruntime_session_options(tiny):

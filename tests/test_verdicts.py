@@ -228,3 +228,36 @@ def test_host_load_interval_from_proc_stat_text():
     d = interval(a, b)
     # 400 ticks over 2 CPUs = 200 ticks of wall time; 250 busy, 100 of them ours, 50 stolen
     assert d == {"others_cores": 0.75, "self_cores": 0.5, "steal_share": 0.125}
+
+
+def test_int8_not_faster_says_why_for_the_cpu_and_the_headline_repeats_it():
+    from pipeline.render.markdown import _speedups
+    from pipeline.report.claims import int8_not_shipped, speedup_claims
+    rng = np.random.default_rng(7)
+    teacher = _row("teacher", _draw(rng, "log-normal", 2000, 20.0), runtime="torch", fmt="torch")
+    fp32 = _row("onnx_fp32", _draw(rng, "log-normal", 2000), acc=95.0)
+    int8 = _row("onnx_int8", _draw(rng, "log-normal", 2000, 1.3), acc=94.9, precision="int8")
+    ir = _row("openvino_fp32", _draw(rng, "log-normal", 2000), runtime="openvino", fmt="openvino")
+    onnx_ov = _row("onnx_fp32", _draw(rng, "log-normal", 2000), runtime="openvino")
+    rows = [teacher, fp32, int8, ir, onnx_ov]
+    avx2 = {"flags": ["avx2", "fma"], "vnni": False}
+    claims = {c["kind"]: c for c in speedup_claims(rows, None, avx2)}
+    assert claims["int8 vs fp32"]["p90"]["verdict"] == "slower"
+    assert "no VNNI" in claims["int8 vs fp32"]["note"] and "vpmaddubsw" in claims["int8 vs fp32"]["text"]
+    # The IR and the ONNX file it came from, both in OpenVINO: same graph, same speed.
+    assert claims["IR vs ONNX"]["baseline"] == "onnx_fp32@openvino/cpu/b1"
+    assert claims["IR vs ONNX"]["p90"]["verdict"] == "within noise"
+    assert "note" not in claims["IR vs ONNX"]
+    vnni = {"flags": ["avx2", "avx512_vnni"], "vnni": True}
+    assert "has VNNI" in next(c for c in speedup_claims(rows, None, vnni) if c["kind"] == "int8 vs fp32")["note"]
+    fast_int8 = _row("onnx_int8", _draw(rng, "log-normal", 2000, 0.5), acc=94.9, precision="int8")
+    assert all("note" not in c for c in speedup_claims([fp32, fast_int8], None, avx2))
+
+    headline = {"deployed_artifact": "onnx_fp32", "deployed_runtime": "onnxruntime", "deployed_device": "cpu"}
+    why = int8_not_shipped(headline, list(claims.values()))
+    assert why.startswith("INT8 was not shipped: onnx_int8@onnxruntime/cpu/b1 is not faster than FP32 "
+                          "at p90 (slower): this CPU has no VNNI")
+    assert int8_not_shipped({**headline, "deployed_artifact": "onnx_int8"}, list(claims.values())) is None
+    text = "\n".join(_speedups({"speedups": list(claims.values())}))
+    assert "## Speed-ups, with their intervals" in text
+    assert "- IR vs ONNX: openvino_fp32@openvino/cpu/b1 vs onnx_fp32@openvino/cpu/b1" in text

@@ -28,6 +28,16 @@ def _headline(report: dict) -> list[str]:
     return out
 
 
+def _speedups(report: dict) -> list[str]:
+    """Each measured pair (pruned vs unpruned, int8 vs fp32, IR vs ONNX) with its interval."""
+    claims = report.get("speedups") or []
+    if not claims:
+        return []
+    return (["## Speed-ups, with their intervals", "",
+             "\"faster\" only when the interval (widened by the run's A/A noise floor) excludes 1.", ""]
+            + [f"- {c['kind']}: {c['text']}" for c in claims] + [""])
+
+
 def _value(v) -> str:
     """Floats from training logs (98.44444394111633) to the digits a reader needs."""
     if isinstance(v, float):
@@ -103,6 +113,7 @@ def render(report: dict, plot_files: dict[str, str] | None = None) -> str:
         out += ["## Not measured here", "", md_table(tables.NOT_MEASURED_HEADERS, missing), ""]
     for name, fname in (plot_files or {}).items():
         out += [f"![{PLOTS.get(name, name)}]({fname})", ""]
+    out += _speedups(report)
     out += _notes(report.get("upstream") or {})
     out += ["## Environment", "", *[f"- {line}" for line in tables.environment_lines(report["environment"])], ""]
     out += _methodology(report)

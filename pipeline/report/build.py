@@ -5,7 +5,7 @@ import time
 
 from pipeline.config import Config
 from pipeline.measure.artifacts import TEACHER
-from pipeline.report.claims import noisy_host, speedup_claims
+from pipeline.report.claims import int8_not_shipped, noisy_host, speedup_claims
 from pipeline.report.headline import headlines
 from pipeline.report.pareto import mark_pareto
 from pipeline.measure.targets import device_family, is_reference
@@ -47,6 +47,10 @@ def build_report(results: dict, inputs: dict[str, Manifest], cfg: Config) -> dic
     heads = headlines(rows, cfg.benchmark.target, cfg.benchmark.deploy_tolerance, floor)
     primary = heads[0] if heads and heads[0]["target"] == cfg.benchmark.target else None
     noisy = noisy_host(floor, results.get("host_load"))
+    claims = speedup_claims(rows, floor, (results.get("environment") or {}).get("cpu"))
+    why_not_int8 = int8_not_shipped(primary, claims)
+    if why_not_int8:
+        primary["text"] += f" {why_not_int8}"
     for h in heads:
         if noisy["noisy"]:
             h["text"] += f" Noisy host while measuring: {'; '.join(noisy['reasons'])}."
@@ -62,5 +66,5 @@ def build_report(results: dict, inputs: dict[str, Manifest], cfg: Config) -> dic
             "rows": rows, "environment": results.get("environment", {}),
             "noise_floor": floor, "host_load": results.get("host_load"),
             "noisy_host": noisy,
-            "speedups": speedup_claims(rows, floor),
+            "speedups": claims,
             "upstream": upstream_notes(inputs)}

@@ -50,7 +50,9 @@ def speedup(slow: dict, fast: dict, stat: str, noise_floor: dict | None) -> dict
 
 
 def _pairs(rows: list[dict]):
-    """(kind, slower-expected row, faster-expected row): pruned vs student, int8 vs fp32."""
+    """(kind, baseline row, candidate row): pruned vs student and int8 vs fp32 (expected faster),
+    and an OpenVINO IR vs the ONNX file it was converted from, both run by OpenVINO (expected
+    equal: the CPU plugin compiles both to the same graph, tests/test_export_openvino.py)."""
     ok = {(r["artifact"], r["runtime"], r["device"], r["batch"]): r for r in rows if r["status"] == "ok"}
     for (artifact, runtime, device, batch), row in ok.items():
         if artifact == "pruned" and ("student", runtime, device, batch) in ok:
@@ -59,10 +61,33 @@ def _pairs(rows: list[dict]):
             fp32 = ok.get((artifact[:-4] + "fp32", runtime, device, batch))
             if fp32:
                 yield "int8 vs fp32", fp32, row
+        if artifact.startswith("openvino_") and runtime == "openvino":
+            onnx = ok.get(("onnx_" + artifact[len("openvino_"):], runtime, device, batch))
+            if onnx:
+                yield "IR vs ONNX", onnx, row
 
 
-def speedup_claims(rows: list[dict], noise_floor: dict | None) -> list[dict]:
-    """Every pruned-vs-unpruned and int8-vs-fp32 pair measured in the run, at p50 and p90."""
+def int8_note(entry: dict, cpu: dict | None) -> str | None:
+    """Why an INT8 row is not faster than its FP32 row, from what this CPU can do; None when it
+    is faster (or the claim is not int8 vs fp32)."""
+    p90 = entry.get("p90")
+    if entry["kind"] != "int8 vs fp32" or not p90 or p90["verdict"] == "faster":
+        return None
+    flags = set((cpu or {}).get("flags") or [])
+    if not (cpu or {}).get("vnni") and "avx2" in flags:
+        return ("this CPU has no VNNI (avx512_vnni or avx_vnni), so INT8 multiply-accumulates "
+                "take three AVX2 instructions (vpmaddubsw, vpmaddwd, vpaddd) where VNNI takes one: "
+                "at best about 1.3x the FP32 FMA rate instead of 4x, which the quantize/dequantize "
+                "steps and layout reorders around each layer use up. INT8 pays on CPUs with VNNI or AMX")
+    if not (cpu or {}).get("vnni"):
+        return "this CPU has no INT8 dot-product instructions the runtimes use (VNNI, AMX)"
+    return ("this CPU has VNNI, so the instructions are not the reason: on a model this small the "
+            "quantize/dequantize steps and layout reorders cost about what the INT8 arithmetic saves")
+
+
+def speedup_claims(rows: list[dict], noise_floor: dict | None, cpu: dict | None = None) -> list[dict]:
+    """Every pair of _pairs measured in the run, at p50 and p90; an INT8 row that is not faster
+    carries the reason (int8_note) for the CPU described by `cpu` (the environment's record)."""
     out = []
     for kind, base, row in _pairs(rows):
         entry = {"kind": kind, "baseline": base["id"], "candidate": row["id"]}
@@ -72,8 +97,25 @@ def speedup_claims(rows: list[dict], noise_floor: dict | None) -> list[dict]:
         entry["text"] = (f"{row['id']} vs {base['id']}: " + (
             "no samples" if p90 is None else f"{p90['estimate']:.2f}x at p90 "
             f"[{p90['level']:.0%} CI {p90['low']:.2f}-{p90['high']:.2f}], {p90['verdict']}"))
+        note = int8_note(entry, cpu)
+        if note:
+            entry["note"] = note
+            entry["text"] += f": {note}"
         out.append(entry)
     return out
+
+
+def int8_not_shipped(headline: dict | None, claims: list[dict]) -> str | None:
+    """Why no INT8 artifact was shipped on the headline's runtime, when its INT8 row was not faster
+    than the FP32 one (the reason from int8_note); None otherwise."""
+    if not headline or headline.get("deployed_artifact", "").endswith("int8"):
+        return None
+    suffix = f"@{headline['deployed_runtime']}/{headline['deployed_device']}/"
+    for c in claims:
+        if c.get("note") and suffix in c["candidate"]:
+            return (f"INT8 was not shipped: {c['candidate']} is not faster than FP32 at p90 "
+                    f"({c['p90']['verdict']}): {c['note']}.")
+    return None
 
 
 def noisy_host(noise_floor: dict | None, host_load: dict | None) -> dict:
