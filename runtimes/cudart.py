@@ -186,7 +186,11 @@ def unavailable(device: str = "cuda") -> Optional[str]:
     try:
         count = rt.device_count()
     except CudaError as err:
-        fix = ("install the NVIDIA driver (on a Jetson: JetPack)" if rt.driver_version() == 0 else
+        try:
+            no_driver = rt.driver_version() == 0
+        except CudaError:
+            no_driver = False
+        fix = ("install the NVIDIA driver (on a Jetson: JetPack)" if no_driver else
                "check that the driver supports this CUDA runtime and the GPU is visible here")
         return (f"{rt.path} (CUDA runtime {version_text(rt.runtime_version())}) sees no CUDA "
                 f"device: {err}; {fix}")
