@@ -4,8 +4,9 @@
 
 The work folder holds a copy of runtimes/ (this package), the bundles, val samples and the request.
 The device needs Python 3.8+, numpy and the runtime it drives: no torch, no edgeship install, no
-pipeline/ or exporters/. Per item: the bundle is proven (runtimes.bundle_check) before its model is
-loaded, TensorRT engines are built here from the bundle's ONNX and cached, the model runs through
+pipeline/ or exporters/ (TensorRT sessions reach CUDA through libcudart, see runtimes.cudart).
+Per item: the bundle is proven (runtimes.bundle_check) before its model is loaded, TensorRT
+engines are built here from the bundle's ONNX and cached, the model runs through
 runtimes.execution.open_model and is timed by runtimes.harness.measure, as on any other target, and
 telemetry is sampled while it runs. One item failing does not stop the others; the runner exits 0
 once result.json is written, 2 for a request it cannot read, 1 when the result cannot be written.
@@ -29,7 +30,6 @@ import numpy as np
 
 import runtimes
 from runtimes import environment, errors, formats, telemetry
-from runtimes.base import import_failure
 from runtimes.bundle_check import check_golden, read_bundle, static_batch
 from runtimes.execution import open_model, run_in_chunks
 from runtimes.harness import measure
@@ -82,14 +82,6 @@ def read_request(path: Path) -> dict:
     return request
 
 
-def _unavailable(module, device: str) -> Optional[str]:
-    reason = module.unavailable(device)
-    if reason and module.NAME == "tensorrt" and import_failure("tensorrt") is None and import_failure("torch"):
-        return (f"TensorRT rows on the device need torch or cuda-python ({reason}); install "
-                "torch for this JetPack to hold the CUDA buffers")
-    return reason
-
-
 def _val(path: Path, manifest: dict):
     with np.load(path) as val:
         if not {"images", "labels"} <= set(val.files):
@@ -121,7 +113,7 @@ def run_item(item: dict, request: dict, sampler: Optional[telemetry.Sampler]) ->
         module = runtimes.get(item["runtime"])
         device = item.get("device") or module.DEFAULT_DEVICE
         result.update(device=device, runtime_version=module.version())
-        reason = _unavailable(module, device)
+        reason = module.unavailable(device)
         if reason:
             raise ItemUnavailable(reason)
         bundle = Path(item["bundle"])

@@ -1,9 +1,11 @@
 """TensorRT: runs a serialized engine (built on the target by the exporter) with the TensorRT 10
 name-based tensor API: set_input_shape / set_tensor_address / execute_async_v3.
 
-Device buffers are torch CUDA tensors and the session runs on a torch CUDA stream, so no second
-CUDA binding (pycuda, cuda-python) is needed. An engine is specific to the GPU and the TensorRT
-version that built it; deserialization fails otherwise and the error says to rebuild.
+The I/O buffers and the stream come from runtimes.tensorrt_buffers: torch CUDA tensors when torch
+has a GPU, else raw CUDA runtime memory through ctypes (libcudart, which every TensorRT install
+ships), so a Jetson needs only Python, numpy and JetPack's TensorRT. An engine is specific to the
+GPU and the TensorRT version that built it; deserialization fails otherwise and the error says to
+rebuild.
 """
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtimes import tensorrt_buffers
 from runtimes.base import as_batch, package_version, unimportable_reason
-from runtimes.cuda_staging import PinnedStaging, cuda_unavailable_reason
 
 NAME = "tensorrt"
 FORMATS = ("tensorrt",)
@@ -23,9 +25,10 @@ KNOWN_DEVICES = ("cuda",)
 DEFAULT_DEVICE = "cuda"
 
 _MIN_MAJOR = 10  # execute_async_v3 and the name-based I/O API replace bindings from 10.0 on
-# TensorRT DataType member name -> torch dtype name, resolved lazily (neither is imported here).
-_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8",
-           "UINT8": "uint8", "INT32": "int32", "INT64": "int64", "BOOL": "bool"}
+# TensorRT DataType member name -> numpy dtype, read by name so TensorRT is not imported here.
+# bfloat16 and fp8 have no numpy dtype and cannot cross the numpy boundary of run().
+_DTYPES = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "UINT8": "uint8",
+           "INT32": "int32", "INT64": "int64", "BOOL": "bool"}
 
 
 def version() -> str | None:
@@ -48,7 +51,7 @@ def unavailable(device: str = "cuda") -> str | None:
     if not major.isdigit() or int(major) < _MIN_MAJOR:
         return (f"tensorrt {trt.__version__} is too old: this runtime needs TensorRT "
                 f">= {_MIN_MAJOR} (pip install 'edgeship[tensorrt]')")
-    return cuda_unavailable_reason(device)
+    return tensorrt_buffers.unavailable(device)
 
 
 def devices() -> list[str]:
@@ -56,20 +59,20 @@ def devices() -> list[str]:
     return [] if unavailable("cuda") else ["cuda"]
 
 
-def _torch_dtype(trt_dtype):
-    import torch
-
+def numpy_dtype(trt_dtype) -> np.dtype:
+    """The numpy dtype of a TensorRT DataType (by member name, e.g. DataType.HALF -> float16)."""
     name = getattr(trt_dtype, "name", str(trt_dtype)).split(".")[-1]
     if name not in _DTYPES:
-        raise TypeError(f"engine tensor type {name} has no torch equivalent here; "
-                        f"supported: {sorted(_DTYPES)}")
-    return getattr(torch, _DTYPES[name])
+        raise TypeError(f"engine tensor type {name} has no numpy equivalent; supported: "
+                        f"{sorted(_DTYPES)}: export the model with float32 or float16 inputs and outputs")
+    return np.dtype(_DTYPES[name])
 
 
 class TensorRtSession:
-    """One execution context with torch-allocated I/O buffers, rebound when the shape changes."""
+    """One execution context with I/O buffers from runtimes.tensorrt_buffers, rebound when the
+    input shape changes. `cuda_stream` exists only with torch buffers (for CUDA-event timing)."""
 
-    def __init__(self, runtime, engine, device: str) -> None:
+    def __init__(self, runtime, engine, buffers) -> None:
         import tensorrt as trt
 
         self._runtime = runtime  # the runtime must outlive the engine it deserialized
@@ -84,48 +87,41 @@ class TensorRtSession:
         if len(self.input_names) != 1 or not self.output_names:
             raise RuntimeError(f"engine has inputs {self.input_names} and outputs "
                                f"{self.output_names}; expected one image input and logits")
-        self._staging = PinnedStaging(device)
-        self._buffers: dict[str, object] = {}
+        self._buffers = buffers
+        self.buffer_backend = buffers.NAME
+        if getattr(buffers, "cuda_stream", None) is not None:
+            self.cuda_stream = buffers.cuda_stream
         self._shape: tuple[int, ...] | None = None
 
-    @property
-    def cuda_stream(self):
-        """The torch.cuda.Stream the engine runs on (for CUDA-event timing)."""
-        return self._staging.stream
-
     def _bind(self, shape: tuple[int, ...]) -> None:
-        import torch
-
+        """The one place engine tensors get their shapes and device addresses."""
         name = self.input_names[0]
         if not self._context.set_input_shape(name, shape):
             low, _, high = self._engine.get_tensor_profile_shape(name, 0)
             raise ValueError(f"engine input {name!r} does not accept shape {shape}; its "
                              f"optimisation profile allows {tuple(low)} to {tuple(high)}: "
                              f"rebuild the engine with a profile that covers this batch size")
-        with torch.cuda.stream(self._staging.stream):
-            for tensor in (name, *self.output_names):
-                tshape = tuple(self._context.get_tensor_shape(tensor))
-                buf = torch.empty(tshape, dtype=_torch_dtype(self._engine.get_tensor_dtype(tensor)),
-                                  device=self._staging.device)
-                self._context.set_tensor_address(tensor, buf.data_ptr())
-                self._buffers[tensor] = buf
+        for tensor in (name, *self.output_names):
+            address = self._buffers.allocate(tensor, tuple(self._context.get_tensor_shape(tensor)),
+                                             numpy_dtype(self._engine.get_tensor_dtype(tensor)))
+            if not self._context.set_tensor_address(tensor, address):
+                raise RuntimeError(f"TensorRT refused the buffer address for tensor {tensor!r}; "
+                                   "the TensorRT log above names the cause")
         self._shape = shape
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        import torch
-
         batch = as_batch(batch)
         if self._shape != batch.shape:
             self._bind(batch.shape)
-        self._staging.upload(batch, self._buffers[self.input_names[0]])
-        with torch.cuda.device(self._staging.device):
-            if not self._context.execute_async_v3(self._staging.stream.cuda_stream):
+        self._buffers.upload(self.input_names[0], batch)
+        with self._buffers.current_device():
+            if not self._context.execute_async_v3(self._buffers.stream_handle):
                 raise RuntimeError("TensorRT execute_async_v3 failed; the TensorRT log above "
                                    "names the cause")
-        return self._staging.download(self._buffers[self.output_names[0]])
+        return self._buffers.download(self.output_names[0])
 
     def sync(self) -> None:
-        self._staging.sync()
+        self._buffers.sync()
 
 
 def load(model, device: str = "cuda", threads: int | None = None) -> TensorRtSession:
@@ -134,7 +130,6 @@ def load(model, device: str = "cuda", threads: int | None = None) -> TensorRtSes
     if reason:
         raise RuntimeError(f"cannot load on tensorrt device {device!r}: {reason}")
     import tensorrt as trt
-    import torch
 
     if isinstance(model, (str, Path)):
         path = Path(model)
@@ -149,11 +144,12 @@ def load(model, device: str = "cuda", threads: int | None = None) -> TensorRtSes
     logger = trt.Logger(trt.Logger.WARNING)
     trt.init_libnvinfer_plugins(logger, "")
     runtime = trt.Runtime(logger)
-    torch.cuda.init()  # TensorRT then shares torch's (primary) CUDA context
-    with torch.cuda.device(torch.device(device)):
+    buffers = tensorrt_buffers.open_buffers(device)
+    # Deserialize on the session's device: the engine's memory lives where its buffers do.
+    with buffers.current_device():
         engine = runtime.deserialize_cuda_engine(data)
         if engine is None:
             raise RuntimeError(
                 f"TensorRT {trt.__version__} could not deserialize engine {origin!r}: engines "
                 f"only load with the TensorRT version and GPU that built them; rebuild it here")
-        return TensorRtSession(runtime, engine, device)
+        return TensorRtSession(runtime, engine, buffers)
