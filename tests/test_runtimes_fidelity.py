@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtimes.fidelity import benchmark_app_command, parse_benchmark_app
+from runtimes.fidelity_openvino import benchmark_app_command, parse_benchmark_app
 
 ROOT = Path(__file__).resolve().parents[1]
 
