@@ -89,11 +89,12 @@ class OnnxRuntimeSession:
 @dataclass(frozen=True)
 class SessionSettings:
     """How our sessions run. The one place these are decided: `load` applies them, and the
-    fidelity check hands the same values to onnxruntime_perf_test (runtimes.fidelity_onnxruntime)."""
+    fidelity check hands the same values to onnxruntime_perf_test
+    (runtimes.fidelity_onnxruntime)."""
 
     intra_op_threads: int            # 0 lets ONNX Runtime choose
     inter_op_threads: int = 1
-    sequential: bool = True          # ORT_SEQUENTIAL; one image at a time gains nothing from parallel
+    sequential: bool = True          # ORT_SEQUENTIAL: batch 1 gains nothing from parallel nodes
     optimization_level: str = "ORT_ENABLE_ALL"   # a GraphOptimizationLevel name
     cpu_mem_arena: bool = True       # ONNX Runtime's defaults, stated so both tools are told
     mem_pattern: bool = True
