@@ -1,6 +1,7 @@
 """ONNX Runtime: runs .onnx files (fp32 and Q/DQ int8) on the CPU, or on CUDA with the GPU build."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -76,30 +77,64 @@ class OnnxRuntimeSession:
         outputs), for analyses that look inside the model."""
         return self._session.run(names, {self.input_name: as_batch(batch)})
 
+    def session_options(self):
+        """The SessionOptions the live session reports, to show what it really runs with."""
+        return self._session.get_session_options()
+
     def sync(self) -> None:
         # InferenceSession.run returns host arrays, so device work has already finished.
         return None
 
 
+@dataclass(frozen=True)
+class SessionSettings:
+    """How our sessions run. The one place these are decided: `load` applies them, and the
+    fidelity check hands the same values to onnxruntime_perf_test
+    (runtimes.fidelity_onnxruntime)."""
+
+    intra_op_threads: int            # 0 lets ONNX Runtime choose
+    inter_op_threads: int = 1
+    sequential: bool = True          # ORT_SEQUENTIAL: batch 1 gains nothing from parallel nodes
+    optimization_level: str = "ORT_ENABLE_ALL"   # a GraphOptimizationLevel name
+    cpu_mem_arena: bool = True       # ONNX Runtime's defaults, stated so both tools are told
+    mem_pattern: bool = True
+
+
+def session_settings(threads: int | None) -> SessionSettings:
+    """The settings of a session with `threads` intra-op threads (None: ONNX Runtime chooses)."""
+    return SessionSettings(intra_op_threads=int(threads) if threads else 0)
+
+
+def session_options(settings: SessionSettings):
+    """An onnxruntime.SessionOptions carrying `settings`."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.intra_op_threads
+    options.inter_op_num_threads = settings.inter_op_threads
+    options.execution_mode = (ort.ExecutionMode.ORT_SEQUENTIAL if settings.sequential
+                              else ort.ExecutionMode.ORT_PARALLEL)
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                               settings.optimization_level)
+    options.enable_cpu_mem_arena = settings.cpu_mem_arena
+    options.enable_mem_pattern = settings.mem_pattern
+    options.log_severity_level = 3  # errors only: the optimiser's warnings are not actionable here
+    return options
+
+
 def load(model, device: str = "cpu", threads: int | None = None) -> OnnxRuntimeSession:
     """Load an ONNX model (path, serialized bytes, or onnx.ModelProto) on `device`.
 
-    CPU: intra-op threads = `threads` (None lets ONNX Runtime choose), one inter-op thread,
-    sequential execution, all graph optimisations. "cuda[:N]" puts the CUDA provider first and
-    fails when ONNX Runtime silently fell back to the CPU.
+    CPU: `session_settings(threads)`: intra-op threads = `threads` (None lets ONNX Runtime
+    choose), one inter-op thread, sequential execution, all graph optimisations. "cuda[:N]" puts
+    the CUDA provider first and fails when ONNX Runtime silently fell back to the CPU.
     """
     reason = unavailable(device)
     if reason:
         raise RuntimeError(f"cannot load on onnxruntime device {device!r}: {reason}")
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = int(threads) if threads else 0
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # errors only: the optimiser's warnings are not actionable here
-
+    options = session_options(session_settings(threads))
     if _device_kind(device) == "cuda":
         providers = [("CUDAExecutionProvider", {"device_id": _device_id(device)}),
                      "CPUExecutionProvider"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtimes.fidelity import benchmark_app_command, parse_benchmark_app
+from runtimes.fidelity_openvino import benchmark_app_command, parse_benchmark_app
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,3 +125,19 @@ def test_fidelity_needs_a_shape_for_dynamic_models(tiny_ir):
 def test_fidelity_missing_model(tmp_path):
     done = _fidelity(str(tmp_path / "nope.xml"))
     assert done.returncode == 2 and "nope.xml' does not exist" in done.stderr
+
+
+def test_report_takes_the_median_of_per_round_ratios_and_refuses_differing_settings(capsys):
+    from runtimes.fidelity_rounds import Comparison, Round, median_ratio, report
+
+    # Load that doubles in the middle round slows both tools alike: every round agrees, while
+    # the ratio of the medians (4.0 / 2.0 = 2.0) would not.
+    rounds = [Round(1.0, 1.05), Round(4.0, 4.2), Round(2.0, 2.1)]
+    assert median_ratio(rounds) == pytest.approx(1.05)
+    agreed = Comparison("tool", "m.onnx", (1, 3, 8, 8), 2, rounds, {"threads": ("2", "2")})
+    assert report(agreed, 0.10) == 0
+    assert report(agreed, 0.04) == 1
+    assert "medians disagree by 5.0% (> 4%)" in capsys.readouterr().err
+    differing = Comparison("tool", "m.onnx", (1, 3, 8, 8), 2, rounds, {"threads": ("0", "2")})
+    assert report(differing, 0.10) == 1
+    assert "settings differ: threads" in capsys.readouterr().err
