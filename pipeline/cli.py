@@ -101,7 +101,8 @@ def _cmd_run(args) -> int:
     from pipeline.config_load import load_config
     sets = args.set + ([f"check.baseline={args.baseline}"] if args.baseline else [])
     cfg = load_config(args.config, sets)
-    runner.run(cfg, target=args.stage, force=frozenset(args.force))
+    from pipeline.gate.remeasure import run_gated
+    run_gated(cfg, args.stage, frozenset(args.force), runner.run)
     return 0
 
 

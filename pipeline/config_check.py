@@ -15,6 +15,7 @@ class Inconclusive(str, Enum):
 
     fail = "fail"        # counts as a failure: exit 5
     warn = "warn"        # a warning in the log and the JUnit XML; the gate passes
+    remeasure = "remeasure"  # re-run the benchmark (up to remeasure_times), then warn
 
 
 class RegressionBudgets(Strict):
@@ -30,4 +31,8 @@ class RegressionBudgets(Strict):
         "points against the baseline (-0.5: lose at most half a point)")
     inconclusive: Inconclusive = Field(
         Inconclusive.warn, description="when an interval straddles a relative budget's limit: "
-        "fail (exit 5) or warn (logged and in the JUnit XML, the gate passes)")
+        "fail (exit 5), warn (logged and in the JUnit XML, the gate passes), or remeasure (run "
+        "the benchmark again against the same baseline, up to remeasure_times, then warn)")
+    remeasure_times: int = Field(
+        2, ge=1, le=10, description="with inconclusive: remeasure, how many times the benchmark "
+        "may be run again before an inconclusive verdict is only a warning")

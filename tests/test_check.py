@@ -230,3 +230,40 @@ def test_no_baseline_skips_the_relative_budgets_with_a_note(run, tmp_path):
     missing = _cfg(run, tmp_path, *ABSOLUTE_OFF, f"check.baseline={tmp_path / 'nowhere'}", "check.max_p90_regression=0.05")
     with pytest.raises(ConfigError, match="check.baseline '.*nowhere' holds no report"):
         STAGE.run(_context(run, missing, tmp_path))
+
+
+def test_inconclusive_remeasure_asks_for_a_new_measurement_against_the_same_baseline(run, tmp_path):
+    from pipeline.gate.remeasure import RemeasureNeeded
+    # A baseline exactly 5% faster: every p90 ratio sits on the 1.05 limit, so its interval
+    # straddles it.
+    baseline = _baseline_file(run, tmp_path, 1 / 1.05)
+    cfg = _cfg(run, tmp_path, *ABSOLUTE_OFF, f"check.baseline={baseline}",
+               "check.max_p90_regression=0.05", "check.inconclusive=remeasure")
+    with pytest.raises(RemeasureNeeded) as info:
+        STAGE.run(_context(run, cfg, tmp_path))
+    assert info.value.baseline == str(tmp_path / "baseline" / "report.json")
+    assert info.value.subjects and set(info.value.subjects) <= set(run["rows"])
+    assert info.value.exit_code == 5 and "inconclusive against" in str(info.value)
+
+
+def test_run_gated_forces_the_benchmark_then_warns(run, tmp_path, caplog):
+    from pipeline.config_check import Inconclusive
+    from pipeline.gate.remeasure import RemeasureNeeded, run_gated
+    cfg = _cfg(run, tmp_path, "check.baseline=last", "check.inconclusive=remeasure",
+               "check.remeasure_times=2")
+    calls = []
+
+    def runner(cfg, target, force):     # the runner's signature; the check's answer is scripted
+        calls.append((cfg.check.baseline, cfg.check.inconclusive, sorted(force)))
+        if cfg.check.inconclusive == Inconclusive.remeasure:
+            raise RemeasureNeeded(["onnx_fp32@onnxruntime/cpu/b1"], "/store/report/abc/report.json")
+        return ["outcomes"]
+
+    with caplog.at_level("WARNING"):
+        assert run_gated(cfg, "check", frozenset({"prune"}), runner) == ["outcomes"]
+    assert calls == [("last", Inconclusive.remeasure, ["prune"]),
+                     ("/store/report/abc/report.json", Inconclusive.remeasure, ["benchmark", "prune"]),
+                     ("/store/report/abc/report.json", Inconclusive.remeasure, ["benchmark", "prune"]),
+                     ("/store/report/abc/report.json", Inconclusive.warn, ["prune"])]
+    assert "re-measuring (1 of 2)" in caplog.text and "re-measuring (2 of 2)" in caplog.text
+    assert "still inconclusive after 2 re-measurement(s)" in caplog.text

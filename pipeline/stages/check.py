@@ -8,7 +8,8 @@ prints the verdicts and rewrites `check.junit` on every run, cache hits included
 
 With `check.baseline`, relative budgets compare every row with the baseline report's
 (pipeline.gate.regression): pass, fail, inconclusive (fails only with `check.inconclusive: fail`)
-or not comparable (another machine or other data; never fails). The baseline's identity joins
+or not comparable (another machine or other data; never fails); `remeasure` runs the benchmark
+again first (pipeline.gate.remeasure). The baseline's identity joins
 the cache key, so a new report in the store (for `last`) re-runs the check.
 """
 from __future__ import annotations
@@ -50,20 +51,21 @@ def params(cfg: Config) -> dict:
     return out
 
 
-def _relative(report: dict, ctx: Context) -> list:
-    """Verdicts of the relative budgets (none configured: none; no baseline: skipped, with why)."""
+def _relative(report: dict, ctx: Context) -> tuple[list, str | None]:
+    """Verdicts of the relative budgets (none configured: none; no baseline: skipped, with why),
+    and the baseline report's path when one was compared with."""
     from pipeline.gate.baseline import resolve
     from pipeline.gate.regression import evaluate_relative, skipped
     check = ctx.cfg.check
     if check.max_p90_regression is None and check.min_accuracy_delta is None:
-        return []
+        return [], None
     if not check.baseline:
         return skipped(check, "no baseline: relative budgets skipped (set check.baseline to a "
-                              "report or 'last')")
+                              "report or 'last')"), None
     path = resolve(check.baseline, ctx.store_root, ctx.cfg.run.name, ctx.input("report").key)
     if path is None:
         return skipped(check, f"no baseline yet: no other report of run '{ctx.cfg.run.name}' in "
-                              f"{ctx.store_root}; this report is the next run's baseline")
+                              f"{ctx.store_root}; this report is the next run's baseline"), None
     try:
         baseline = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -71,7 +73,7 @@ def _relative(report: dict, ctx: Context) -> list:
         raise BaselineMissing(f"check.baseline {path} cannot be read ({exc}); point check.baseline "
                               f"at another report or regenerate it") from None
     logger.info(f"check: baseline {path}")
-    return evaluate_relative(report, baseline, check, str(path))
+    return evaluate_relative(report, baseline, check, str(path)), str(path)
 
 
 def _write_ci_copy(text: str, target: str) -> Path | None:
@@ -104,7 +106,12 @@ def run(ctx: Context) -> Result:
     report = json.loads(ctx.input("report").path_of("report_json").read_text())
     from pipeline.config_check import Inconclusive
     from pipeline.gate.regression import INCONCLUSIVE
-    verdicts = evaluate(report, ctx.cfg.check) + _relative(report, ctx)
+    relative, baseline = _relative(report, ctx)
+    verdicts = evaluate(report, ctx.cfg.check) + relative
+    unsure = [v.subject for v in relative if v.status == INCONCLUSIVE]
+    if unsure and ctx.cfg.check.inconclusive == Inconclusive.remeasure:
+        from pipeline.gate.remeasure import RemeasureNeeded
+        raise RemeasureNeeded(unsure, baseline)
     h = report.get("headline")
     noisy = report.get("noisy_host") or {}
     if noisy.get("noisy"):
@@ -116,7 +123,7 @@ def run(ctx: Context) -> Result:
     failures = [v for v in verdicts if v.status == FAIL or (strict and v.status == INCONCLUSIVE)]
     for v in verdicts:
         if v.status == INCONCLUSIVE and not strict:
-            logger.warning(f"check: {v.message} (check.inconclusive: warn)")
+            logger.warning(f"check: {v.message} (judged as check.inconclusive: warn)")
     if failures:
         # Nothing is committed, so `publish` will not run: report and hand CI its file here.
         ci = _write_ci_copy(xml, ctx.cfg.check.junit)
