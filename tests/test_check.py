@@ -262,8 +262,8 @@ def test_run_gated_forces_the_benchmark_then_warns(run, tmp_path, caplog):
     with caplog.at_level("WARNING"):
         assert run_gated(cfg, "check", frozenset({"prune"}), runner) == ["outcomes"]
     assert calls == [("last", Inconclusive.remeasure, ["prune"]),
-                     ("/store/report/abc/report.json", Inconclusive.remeasure, ["benchmark", "prune"]),
-                     ("/store/report/abc/report.json", Inconclusive.remeasure, ["benchmark", "prune"]),
-                     ("/store/report/abc/report.json", Inconclusive.warn, ["prune"])]
+                     ("/store/report/abc/report.json", Inconclusive.remeasure, ["benchmark"]),
+                     ("/store/report/abc/report.json", Inconclusive.remeasure, ["benchmark"]),
+                     ("/store/report/abc/report.json", Inconclusive.warn, [])]
     assert "re-measuring (1 of 2)" in caplog.text and "re-measuring (2 of 2)" in caplog.text
     assert "still inconclusive after 2 re-measurement(s)" in caplog.text

@@ -35,7 +35,7 @@ def _with_check(cfg: Config, **changes) -> Config:
 def run_gated(cfg: Config, target: str | None, force: frozenset[str], run):
     """`run(cfg, target, force)` (the runner), repeated with a forced benchmark while the check
     asks for a new measurement; returns the last run's outcomes."""
-    attempt, asked = 0, force
+    attempt = 0
     while True:
         try:
             return run(cfg, target, force)
@@ -46,9 +46,10 @@ def run_gated(cfg: Config, target: str | None, force: frozenset[str], run):
                 logger.warning(f"check: still inconclusive after {cfg.check.remeasure_times} "
                                f"re-measurement(s): {', '.join(exc.subjects)}; judging as "
                                f"inconclusive: warn")
-                # The last measurement is in the store: judge it without measuring again.
-                cfg, force = _with_check(cfg, inconclusive=Inconclusive.warn), asked
+                # Every stage asked for has run and the last measurement is in the store:
+                # judge it without running anything again.
+                cfg, force = _with_check(cfg, inconclusive=Inconclusive.warn), frozenset()
                 continue
             logger.warning(f"check: inconclusive against the baseline: {', '.join(exc.subjects)}; "
                            f"re-measuring ({attempt} of {cfg.check.remeasure_times})")
-            force = asked | {"benchmark"}
+            force = frozenset({"benchmark"})   # stages forced by the caller have run once
