@@ -167,7 +167,8 @@ def _row(loaded, batch: np.ndarray, request: dict, sampler: Optional[telemetry.S
     stats = measure(loaded, batch, warmup=request["warmup"], min_iterations=request["min_iterations"],
                     min_seconds=float(request["min_seconds"]))
     run_end = time.monotonic()
-    row = dict(stats.to_dict(), batch=int(len(batch)))
+    # The per-run samples travel home, so remote rows get intervals like local ones.
+    row = dict(stats.to_dict(), **stats.sample_record(), batch=int(len(batch)))
     if sampler is None:
         return dict(row, energy_mj=None, mean_power_w=None, idle_power_w=None, throttled=None,
                     telemetry_summary=None)

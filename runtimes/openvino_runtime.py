@@ -47,7 +47,7 @@ def unavailable(device: str = "cpu") -> str | None:
     return _compile_failure(wanted.split(".")[0])
 
 
-@functools.cache
+@functools.lru_cache(maxsize=None)  # functools.cache is 3.9+: this file runs on devices too
 def _compile_failure(device: str) -> str | None:
     """Why a one-convolution model does not compile on `device`, or None. A listed device can still
     refuse every model: the CPU plugin's own oneDNN will not start while ONEDNN_MAX_CPU_ISA (the
@@ -68,7 +68,7 @@ def _compile_failure(device: str) -> str | None:
     return None
 
 
-@functools.cache
+@functools.lru_cache(maxsize=None)  # functools.cache is 3.9+: this file runs on devices too
 def core():
     """The one `openvino.Core` of this process; every device use goes through it.
 

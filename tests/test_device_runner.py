@@ -86,12 +86,17 @@ def _py38_problems(path: Path) -> list[str]:
             problems.append(f"{where}: .{node.attr} needs Python 3.9")
         if isinstance(node, ast.ImportFrom) and node.module == "functools" and any(a.name == "cache" for a in node.names):
             problems.append(f"{where}: functools.cache needs Python 3.9")
+        if (isinstance(node, ast.Attribute) and node.attr == "cache" and isinstance(node.value, ast.Name)
+                and node.value.id == "functools"):
+            problems.append(f"{where}: functools.cache needs Python 3.9")
     return problems
 
 
 def _device_files() -> list[Path]:
-    """Every runtimes/ module the runner imports, found by importing it in a fresh interpreter."""
-    code = ("import sys, runtimes.device_runner, runtimes.tensorrt_build, runtimes.telemetry;"
+    """Every runtimes/ module the runner imports, found by importing it in a fresh interpreter
+    (with the modules it imports only when a row needs them: each runtime, the statistics)."""
+    code = ("import sys, runtimes.device_runner, runtimes.tensorrt_build, runtimes.telemetry, "
+            "runtimes.openvino_runtime, runtimes.onnxruntime_runtime, runtimes.stats;"
             "print('\\n'.join(sorted(m.__file__ for n, m in sys.modules.items() "
             "if n.split('.')[0] == 'runtimes' and getattr(m, '__file__', None))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
@@ -103,7 +108,7 @@ def test_every_file_the_device_needs_is_python38():
     names = {p.name for p in files}
     assert {"device_runner.py", "bundle_check.py", "parity.py", "telemetry.py", "tensorrt_build.py",
             "harness.py", "execution.py", "onnxruntime_runtime.py", "environment.py", "tensorrt_runtime.py",
-            "tensorrt_buffers.py", "cudart.py"} <= names
+            "tensorrt_buffers.py", "cudart.py", "openvino_runtime.py", "stats.py"} <= names
     problems = [p for f in files for p in _py38_problems(f)]
     assert not problems, "\n".join(problems)
 

@@ -30,7 +30,7 @@ _logger = logging.getLogger(__name__)
 RUNNER_FILE = Path(runtimes.__file__).with_name("device_runner.py")
 LATENCY = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "stdev_ms", "min_ms", "max_ms", "throughput_ips",
            "iterations", "total_s", "energy_mj", "mean_power_w", "idle_power_w", "throttled",
-           "telemetry_summary")
+           "telemetry_summary", "samples_us", "samples_total", "started", "finished")
 NO_RUNNER = ("the device runner runtimes/device_runner.py is not in this edgeship checkout; "
              "update edgeship to measure on targets")
 
