@@ -45,6 +45,7 @@ class Importance(str, Enum):
     l2 = "l2"
     bn_scale = "bn_scale"
     taylor = "taylor"
+    auto = "auto"        # measured: see pipeline.prune.criterion_search
 
 
 class QuantMethod(str, Enum):
@@ -189,7 +190,10 @@ class Distill(Strict):
 
 
 class Prune(Strict):
-    importance: Importance = Importance.l2
+    importance: Importance = Field(Importance.l2, description="channel importance criterion; auto: "
+                                   "taylor, l2 and bn_scale, each global and uniform, tried on copies "
+                                   "and the one losing the fewest val points per ms saved is used "
+                                   "(global_pruning is then chosen too)")
     global_pruning: bool = False
     ratio: Optional[float] = Field(0.5, gt=0, lt=1, description="fraction of MACs to remove "
                                    "(latency_budget_ms, when set, decides instead)")

@@ -157,20 +157,13 @@ def test_budget_not_met_names_the_best_reached(tmp_path):
     assert best > 0.0001 and "at ratio" in message
 
 
-def test_prune_stage_end_to_end(tmp_path):
-    """finetune/distill entries with tiny models, then the stage: MACs, latency, accuracy, reload."""
+def _run_stage(cfg, pre, tmp_path):
+    """finetune/distill entries holding tiny untrained models, then the prune stage on them."""
+    from pipeline.models.loading import save_model
     from pipeline.stages.base import Context
-    from pipeline.models.loading import load_model, save_model
     from pipeline.stages.prune import STAGE
     from pipeline.store import Manifest, Store
-
-    cfg = load_config(None, [f"run.store={tmp_path / 'runs'}", "run.threads=1", "prune.ratio=0.4",
-                             "prune.steps=2", "prune.importance=taylor", "prune.round_to=1",
-                             "prune.recover.epochs=1", "prune.recover.augment.random_resized_crop=null",
-                             "prune.measure_seconds=0.05", "prune.measure_rounds=1",
-                             "prune.budget_threads=1", "prune.max_accuracy_drop=null"])
     store = Store(cfg.run.store)
-    pre = model_preprocessing(SPEC, CLASSES, SIZE, 1.0)
     inputs = {}
     for stage, seed in (("finetune", 1), ("distill", 2)):
         staging = store.staging_dir(stage, stage)
@@ -178,7 +171,21 @@ def test_prune_stage_end_to_end(tmp_path):
         inputs[stage] = store.commit(staging, Manifest(stage, 1, stage, {}, {}, {"model": art}))
     out = tmp_path / "out"
     out.mkdir()
-    result = STAGE.run(Context(cfg=cfg, inputs=inputs, out_dir=out, store_root=store.root))
+    return STAGE.run(Context(cfg=cfg, inputs=inputs, out_dir=out, store_root=store.root)), out
+
+
+def test_prune_stage_end_to_end(tmp_path):
+    """finetune/distill entries with tiny models, then the stage: MACs, latency, accuracy, reload."""
+    from pipeline.models.loading import load_model
+    from pipeline.store import Manifest
+
+    cfg = load_config(None, [f"run.store={tmp_path / 'runs'}", "run.threads=1", "prune.ratio=0.4",
+                             "prune.steps=2", "prune.importance=taylor", "prune.round_to=1",
+                             "prune.recover.epochs=1", "prune.recover.augment.random_resized_crop=null",
+                             "prune.measure_seconds=0.05", "prune.measure_rounds=1",
+                             "prune.budget_threads=1", "prune.max_accuracy_drop=null"])
+    pre = model_preprocessing(SPEC, CLASSES, SIZE, 1.0)
+    result, out = _run_stage(cfg, pre, tmp_path)
     m = result.metrics
     assert 0.4 <= m["summary"]["macs_removed"] <= 0.43 and len(m["steps"]) == 2
     assert m["steps"][0]["macs_removed"] < m["steps"][1]["macs_removed"]
@@ -189,6 +196,37 @@ def test_prune_stage_end_to_end(tmp_path):
     reloaded, reloaded_pre = load_model(manifest)
     assert reloaded_pre == pre
     assert macs_and_params(reloaded, EXAMPLE)[0] == m["after"]["macs"]
+
+
+def test_importance_auto_measures_every_criterion_and_uses_the_cheapest_per_ms(tmp_path):
+    cfg = load_config(None, [f"run.store={tmp_path / 'runs'}", "run.threads=1", "prune.ratio=0.4",
+                             "prune.steps=1", "prune.importance=auto", "prune.round_to=1",
+                             "prune.recover.epochs=1", "prune.recover.augment.random_resized_crop=null",
+                             "prune.measure_seconds=0.05", "prune.measure_rounds=2",
+                             "prune.budget_threads=1", "prune.max_accuracy_drop=null"])
+    result, _ = _run_stage(cfg, model_preprocessing(SPEC, CLASSES, SIZE, 1.0), tmp_path)
+    m = result.metrics
+    search = m["importance_search"]
+    # Global scores of this untrained network may empty a layer before the target: such a
+    # candidate is recorded as unusable with the reason, the others are measured.
+    assert sorted([*search["candidates"], *search["unusable"]]) == sorted(
+        f"{k}/{scope}" for k in ("taylor", "l2", "bn_scale") for scope in ("global", "uniform"))
+    assert all(n.endswith("/global") and "cannot prune" in why for n, why in search["unusable"].items())
+    assert all(f"{k}/uniform" in search["candidates"] for k in ("taylor", "l2", "bn_scale"))
+    top1_0 = search["unpruned_val_top1"]
+    for c in search["candidates"].values():
+        assert 0.4 <= c["macs_removed"] <= 0.45 and 0 <= c["val_top1"] <= 100 and c["p50_ms"] > 0
+        assert c["verdict"] in ("faster", "slower", "within noise")
+        assert c["ms_saved"] == pytest.approx(search["unpruned_p50_ms"] - c["p50_ms"], abs=1e-4)
+
+    def cost(c):    # the rule in pipeline.prune.criterion_search, restated
+        lost = max(0.0, top1_0 - c["val_top1"])
+        faster = c["verdict"] == "faster" and c["ms_saved"] > 0
+        return (not faster, lost / c["ms_saved"] if faster else lost, lost)
+    chosen = min(search["candidates"], key=lambda n: cost(search["candidates"][n]))
+    assert search["chosen"] == chosen and search["reason"]
+    kind, scope = chosen.split("/")
+    assert m["importance"] == kind and m["global_pruning"] == (scope == "global")
 
 
 def test_accuracy_budget_keeps_the_last_step_that_holds_it():

@@ -61,7 +61,10 @@ def upstream_notes(inputs: dict[str, Manifest]) -> dict:
     pr = inputs.get("prune")
     if pr is not None:
         m = pr.metrics
+        search = m.get("importance_search") or {}
         notes["prune"] = {"mode": m.get("mode"), **_scalars(m.get("summary")),
+                          "importance": m.get("importance"),
+                          "importance_chosen_because": search.get("reason"),
                           "val_top1_before": _num(m, "before", "val_top1"),
                           "val_top1_after": _num(m, "after", "val_top1"),
                           "runtime": m.get("runtime"), "budget": m.get("budget")}

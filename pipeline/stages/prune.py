@@ -99,11 +99,21 @@ def run(ctx: Context) -> Result:
     _log(f"student {spec.name}: {s.macs0 / 1e6:.2f} M MACs, {s.params0 / 1e6:.3f} M params, "
          f"val {top1_0:.2f}%; kept whole: {', '.join(s.protected)}")
 
-    if plan.importance == Importance.taylor:   # the search's copies score channels with these
+    if plan.importance in (Importance.taylor, Importance.auto):   # the searches' copies score with these
         accumulate_gradients(student, s.loss, s.train, p.recover.batch_size, device)
         student.cpu()
     work = Path(tempfile.mkdtemp(prefix="edgeship-prune-"))
+    criterion = None
     try:
+        if plan.importance == Importance.auto:
+            from pipeline.prune.criterion_search import search_criterion
+            # The first step's share of MACs (latency-budget mode: of half the most it may remove).
+            share = (p.ratio if p.latency_budget_ms is None else p.budget_max_ratio / 2) / p.steps
+            s.plan, criterion = broadcast(search_criterion(
+                student, s, probe, pre, share, work, lambda m: evaluate(m, s.val, device)["top1"])
+                if is_main else None)
+            plan = s.plan
+            student.cpu()
         models = {"unpruned": copy.deepcopy(student)}
         budget = None
         if p.latency_budget_ms is not None:
@@ -142,7 +152,8 @@ def run(ctx: Context) -> Result:
     kept_record = accuracy_budget(steps, kept, n, top1_0, p.max_accuracy_drop)
     metrics = {"mode": "latency_budget" if budget else "ratio", "target_macs_removed": ratio,
                "channel_ratio": round(channel_ratio, 4),
-               "importance": p.importance.value, "global_pruning": p.global_pruning, "round_to": p.round_to,
+               "importance": plan.importance.value, "global_pruning": plan.global_pruning,
+               "round_to": p.round_to, "importance_search": criterion,
                "protected_layers": s.protected, "before": before, "after": after, "summary": summary,
                "accuracy_budget": kept_record, "steps": steps,
                "runtime": {"name": probe.runtime.value, "device": probe.device,
