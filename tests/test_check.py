@@ -267,3 +267,37 @@ def test_run_gated_forces_the_benchmark_then_warns(run, tmp_path, caplog):
                      ("/store/report/abc/report.json", Inconclusive.warn, [])]
     assert "re-measuring (1 of 2)" in caplog.text and "re-measuring (2 of 2)" in caplog.text
     assert "still inconclusive after 2 re-measurement(s)" in caplog.text
+
+
+def test_a_cpu_burner_gives_no_false_fail_and_the_report_flags_the_host(run, tmp_path, cli):
+    """The fixture's benchmark measured again, for real, while a process this test starts keeps one
+    core busy: against the quiet run every verdict is pass, inconclusive or not comparable, never
+    fail, and the new report flags the noisy host."""
+    import shutil
+    import sys
+    store = tmp_path / "store"
+    shutil.copytree(run["root"], store)     # --force benchmark must not touch the module's store
+    baseline = run["manifests"]["report"].path_of("report_json").relative_to(run["root"])
+    sets = [*bench_fixture.BENCH, f"run.store={store}", "benchmark.batch_sizes=[1]",
+            f"check.baseline={store / baseline}", "check.max_p90_regression=0.05",
+            "check.min_accuracy_delta=-0.5", "check.inconclusive=warn",
+            f"check.junit={tmp_path / 'junit.xml'}", *ABSOLUTE_OFF]
+    burner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 300\n"
+                               "while time.time() < end:\n    pass\n"])
+    try:
+        done = subprocess.run(cli("run", "check", "-c", "configs/default.yaml", "--force", "benchmark",
+                                  *[a for s in sets for a in ("--set", s)]),
+                              capture_output=True, text=True, timeout=600)
+    finally:
+        burner.kill()
+        burner.wait()
+    assert done.returncode == 0, done.stderr[-3000:]
+    [entry] = [m for m in (store / "check").glob("*/check.json")]
+    verdicts = json.loads(entry.read_text())
+    latency = [v for v in verdicts if v["name"].startswith("max_p90_regression")]
+    assert latency and all(v["status"] in ("pass", "inconclusive", "not comparable") for v in latency)
+    assert all(v["status"] == "pass" for v in verdicts if v["name"].startswith("min_accuracy_delta"))
+    [report] = [p for p in (store / "report").glob("*/report.json") if p != store / baseline]
+    noisy = json.loads(report.read_text())["noisy_host"]
+    assert noisy["noisy"] and any("other processes" in r for r in noisy["reasons"]), noisy
+    assert "host was noisy while this report was measured" in done.stderr
