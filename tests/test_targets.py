@@ -338,6 +338,8 @@ def test_loopback_target_end_to_end(sshd, device_python, tmp_path, cli):
         here, there = rows[f"{name}@onnxruntime/cpu/b1"], rows[f"{name}@onnxruntime/loopback/cpu/b1"]
         assert there["status"] == "ok" and there["accuracy"] == here["accuracy"]
         assert there["p90_ms"] > 0 and there["runtime_version"] == here["runtime_version"]
+        # the fields the baseline gate compares data by: remote rows are judged like local ones
+        assert (there["val_split"], there["input_size"]) == (here["val_split"], here["input_size"])
         # Same machine, same runtime and settings: the remote p50 is the local one within the noise
         # this run measured (its A/A pair), judged like every other comparison. A host that other
         # processes kept busy is flagged by the run itself, and then nothing can be judged.

@@ -128,7 +128,7 @@ def _request(items: list[dict], cfg: Config, vals: dict) -> dict:
 
 
 def _measured_rows(item: dict, res: dict, target: Target, threads: int, fp: str | None,
-                   where: str, val_name: str) -> list[dict]:
+                   where: str, val_name: str, val_split: str) -> list[dict]:
     rows = []
     for r in res["rows"]:
         latency = {k: r.get(k) for k in LATENCY}
@@ -141,6 +141,8 @@ def _measured_rows(item: dict, res: dict, target: Target, threads: int, fp: str 
         rows.append({**_base(item, target, r["batch"], threads, fp), "status": "ok", "reason": None,
                      "runtime_version": res.get("runtime_version"),
                      "accuracy": float(res["accuracy"]), "accuracy_images": res.get("accuracy_images"),
+                     # what the baseline gate compares: the same val split at the same input size
+                     "val_split": val_split, "input_size": item["cand"].preprocessing.input_size,
                      "agreement_reference": None, "agreement_teacher": None, "params": None,
                      "macs": None, "settings": {}, "compile_s": (res.get("build") or {}).get("seconds"),
                      "load_s": res.get("load_s"), "first_inference_ms": res.get("first_inference_ms"),
@@ -195,7 +197,8 @@ def target_rows(cands: list[Candidate], target: Target, cfg: Config, val: ValIma
         elif res["status"] != "ok":
             rows += _not_measured([i], target, threads, res["status"], res.get("reason") or "no reason given", fp)
         else:
-            rows += _measured_rows(i, res, target, threads, fp, transport.where, vals[i["name"]])
+            rows += _measured_rows(i, res, target, threads, fp, transport.where, vals[i["name"]],
+                                   val.fingerprint)
     return rows
 
 
