@@ -250,6 +250,9 @@ def test_int8_not_faster_says_why_for_the_cpu_and_the_headline_repeats_it():
     assert "note" not in claims["IR vs ONNX"]
     vnni = {"flags": ["avx2", "avx512_vnni"], "vnni": True}
     assert "has VNNI" in next(c for c in speedup_claims(rows, None, vnni) if c["kind"] == "int8 vs fp32")["note"]
+    remote = [{**r, "target": "orin", "id": r["id"].replace("/cpu/", "/orin/cpu/"), "device": "orin/cpu"}
+              for r in (fp32, int8)]
+    assert "note" not in speedup_claims(remote, None, avx2)[0]     # another CPU: no reason from ours
     fast_int8 = _row("onnx_int8", _draw(rng, "log-normal", 2000, 0.5), acc=94.9, precision="int8")
     assert all("note" not in c for c in speedup_claims([fp32, fast_int8], None, avx2))
 

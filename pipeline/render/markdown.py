@@ -34,7 +34,9 @@ def _speedups(report: dict) -> list[str]:
     if not claims:
         return []
     return (["## Speed-ups, with their intervals", "",
-             "\"faster\" only when the interval (widened by the run's A/A noise floor) excludes 1.", ""]
+             "\"faster\" only when the interval (widened by the run's A/A noise floor) excludes 1. "
+             "Rows are measured one after another; to compare two model files closely, time them "
+             "in alternating rounds: `python -m runtimes.side_by_side A B`.", ""]
             + [f"- {c['kind']}: {c['text']}" for c in claims] + [""])
 
 

@@ -97,7 +97,8 @@ def speedup_claims(rows: list[dict], noise_floor: dict | None, cpu: dict | None 
         entry["text"] = (f"{row['id']} vs {base['id']}: " + (
             "no samples" if p90 is None else f"{p90['estimate']:.2f}x at p90 "
             f"[{p90['level']:.0%} CI {p90['low']:.2f}-{p90['high']:.2f}], {p90['verdict']}"))
-        note = int8_note(entry, cpu)
+        # `cpu` describes this machine; a target's rows ran on another CPU.
+        note = None if row.get("target") else int8_note(entry, cpu)
         if note:
             entry["note"] = note
             entry["text"] += f": {note}"
