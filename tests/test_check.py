@@ -282,6 +282,7 @@ def test_a_cpu_burner_gives_no_false_fail_and_the_report_flags_the_host(run, tmp
             f"check.baseline={store / baseline}", "check.max_p90_regression=0.05",
             "check.min_accuracy_delta=-0.5", "check.inconclusive=warn",
             f"check.junit={tmp_path / 'junit.xml'}", *ABSOLUTE_OFF]
+    before = {p for stage in ("check", "report") for p in (store / stage).glob("*/*.json")}
     burner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 300\n"
                                "while time.time() < end:\n    pass\n"])
     try:
@@ -292,12 +293,13 @@ def test_a_cpu_burner_gives_no_false_fail_and_the_report_flags_the_host(run, tmp
         burner.kill()
         burner.wait()
     assert done.returncode == 0, done.stderr[-3000:]
-    [entry] = [m for m in (store / "check").glob("*/check.json")]
+    # the entries this run made (earlier tests of this module left others in the store)
+    [entry] = [p for p in (store / "check").glob("*/check.json") if p not in before]
     verdicts = json.loads(entry.read_text())
     latency = [v for v in verdicts if v["name"].startswith("max_p90_regression")]
     assert latency and all(v["status"] in ("pass", "inconclusive", "not comparable") for v in latency)
     assert all(v["status"] == "pass" for v in verdicts if v["name"].startswith("min_accuracy_delta"))
-    [report] = [p for p in (store / "report").glob("*/report.json") if p != store / baseline]
+    [report] = [p for p in (store / "report").glob("*/report.json") if p not in before]
     noisy = json.loads(report.read_text())["noisy_host"]
     assert noisy["noisy"] and any("other processes" in r for r in noisy["reasons"]), noisy
     assert "host was noisy while this report was measured" in done.stderr
