@@ -203,6 +203,8 @@ def test_importance_auto_measures_every_criterion_and_uses_the_cheapest_per_ms(t
                              "prune.steps=1", "prune.importance=auto", "prune.round_to=1",
                              "prune.recover.epochs=1", "prune.recover.augment.random_resized_crop=null",
                              "prune.measure_seconds=0.05", "prune.measure_rounds=2",
+                             # timed in torch: no ONNX export per candidate (seconds each)
+                             "prune.budget_runtime=torch",
                              "prune.budget_threads=1", "prune.max_accuracy_drop=null"])
     result, _ = _run_stage(cfg, model_preprocessing(SPEC, CLASSES, SIZE, 1.0), tmp_path)
     m = result.metrics

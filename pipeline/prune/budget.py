@@ -103,10 +103,10 @@ def search_ratio(probe: Callable[[float], dict], budget_ms: float, max_ratio: fl
 
 def search_budget(student, example, plan, protected: list[str], pre, probe, p, work_dir,
                   log=None) -> BudgetSearch:
-    """`search_ratio` over one-shot pruned copies of `student`, each exported to `work_dir` and
-    timed with `probe` (a `LatencyProbe`): its median of `p.measure_rounds` rounds."""
+    """`search_ratio` over one-shot pruned copies of `student`, each exported to `work_dir` (for
+    runtimes that run files) and timed with `probe` (a `LatencyProbe`): its median of
+    `p.measure_rounds` rounds."""
     import copy
-    from pipeline.prune.latency import export_candidate
     from pipeline.prune.structured import macs_and_params, prune_to_macs
 
     log = log or logger.info
@@ -116,9 +116,8 @@ def search_budget(student, example, plan, protected: list[str], pre, probe, p, w
         candidate = copy.deepcopy(student)
         if ratio > 0:
             prune_to_macs(candidate, example, int(macs0 * (1 - ratio)), plan, protected)
-        path = export_candidate(candidate, pre, work_dir, f"candidate_{round(ratio * 1e4):05d}")
-        stats = probe.measure_together({"candidate": probe.load(path, candidate)}, pre,
-                                       p.measure_rounds)["candidate"]
+        session = probe.session_for(candidate, pre, work_dir, f"candidate_{round(ratio * 1e4):05d}")
+        stats = probe.measure_together({"candidate": session}, pre, p.measure_rounds)["candidate"]
         removed = 1 - macs_and_params(candidate, example)[0] / macs0
         log(f"budget probe ratio {ratio:.3f}: {removed:.1%} of MACs removed, "
             f"p50 {stats['p50_ms']:.3f} ms, p90 {stats['p90_ms']:.3f} ms on {probe.label}")

@@ -46,7 +46,6 @@ def search_criterion(student, s, probe, pre, share: float, work: Path, evaluate)
     """(the chosen PrunePlan, the record of every candidate). `s` is the stage's StepSetup (its
     plan's importance is auto); `share` is the first step's share of MACs to remove; `student`
     carries Taylor gradients; `evaluate(model) -> val top-1`."""
-    from pipeline.prune.latency import export_candidate
     from pipeline.prune.recover import recalibrate_batchnorm
     from pipeline.prune.structured import PruneError, macs_and_params, prune_to_macs
     top1_0 = evaluate(student)
@@ -76,8 +75,7 @@ def search_criterion(student, s, probe, pre, share: float, work: Path, evaluate)
     if not scored:
         raise PruneError(f"prune.importance auto: no criterion can remove {share:.1%} of the MACs: "
                          f"{next(iter(unusable.values()))}")
-    sessions = {name: probe.load(export_candidate(m, pre, work, name.replace("/", "-")), m)
-                for name, m in models.items()}
+    sessions = {name: probe.session_for(m, pre, work, name.replace("/", "-")) for name, m in models.items()}
     latency = probe.measure_together(sessions, pre, s.cfg.prune.measure_rounds)
     base = latency["unpruned"]["p50_ms"]
     for name, c in scored.items():

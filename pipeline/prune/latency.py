@@ -68,6 +68,13 @@ class LatencyProbe:
             return module.load(copy.deepcopy(model).cpu().eval(), self.device, self.threads)
         return module.load(str(onnx_path), self.device, self.threads)
 
+    def session_for(self, model, pre: Preprocessing, work: Path, name: str):
+        """A session for `model`: the torch module itself for the torch runtime, else its ONNX
+        export under `work` (an export costs seconds, so it is made only when a file is run)."""
+        if self.runtime == RuntimeName.torch:
+            return self.load(None, model)
+        return self.load(export_candidate(model, pre, work, name), model)
+
     def batch_of(self, pre: Preprocessing) -> np.ndarray:
         """The timed input: a seeded normal batch (these networks' latency does not depend on
         pixel values)."""

@@ -66,7 +66,7 @@ def run(ctx: Context) -> Result:
     from pipeline.models.registry import ModelSpec
     from pipeline.prune.budget import search_budget
     from pipeline.models.pruned import save_pruned_model
-    from pipeline.prune.latency import LatencyProbe, export_candidate
+    from pipeline.prune.latency import LatencyProbe
     from pipeline.prune.recover import accumulate_gradients
     from pipeline.prune.steps import (StepSetup, accuracy_budget, budget_verdict, compare, prune_step,
                                       within_budget)
@@ -139,8 +139,7 @@ def run(ctx: Context) -> Result:
         student = copy.deepcopy(models[f"step{kept}" if kept else "unpruned"])
         latency = {}
         if is_main:
-            sessions = {name: probe.load(export_candidate(m, pre, work, name), m)
-                        for name, m in models.items()}
+            sessions = {name: probe.session_for(m, pre, work, name) for name, m in models.items()}
             _log(f"measuring {len(sessions)} models on {probe.label}, {p.measure_rounds} alternating rounds")
             latency = probe.measure_together(sessions, pre, p.measure_rounds)
     finally:
