@@ -19,13 +19,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from runtimes.fidelity_rounds import CannotMeasure, Comparison, alternate, input_batch
+from runtimes.fidelity_rounds import CannotMeasure, Comparison, alternate, input_batch, run_tool
 from runtimes.onnxruntime_runtime import SessionSettings, session_settings
 
 TOOL = "onnxruntime_perf_test"
@@ -165,14 +164,7 @@ def run_perf_test(exe: Path, case_model: Path, flags: list[str], seconds: int) -
     result_file = case_model.parent / "perf_test_results.txt"  # positional in older versions
     cmd = [str(exe), *flags, "-m", "duration", "-t", str(seconds), "-s", str(case_model),
            str(result_file)]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 300)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"{TOOL} did not finish within {seconds + 300} s") from None
-    if done.returncode != 0:
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
-        raise RuntimeError(f"{TOOL} exited with {done.returncode}:\n{tail}")
-    return parse_perf_test(done.stdout)
+    return parse_perf_test(run_tool(cmd, TOOL, seconds))
 
 
 def _model_dims(model: Path) -> tuple[str, list[int | None], str]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtimes.fidelity_rounds import CannotMeasure, Comparison, alternate, input_batch
+from runtimes.fidelity_rounds import CannotMeasure, Comparison, alternate, input_batch, run_tool
 
 TOOL = "benchmark_app"
 
@@ -109,14 +108,7 @@ def run_benchmark_app(xml: Path, config: dict[str, str], seconds: int, inputs_np
         "-ip", "f32"]
     if shape is not None:
         cmd += ["-shape", "[" + ",".join(str(d) for d in shape) + "]"]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 300)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"benchmark_app did not finish within {seconds + 300} s") from None
-    if done.returncode != 0:
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
-        raise RuntimeError(f"benchmark_app exited with {done.returncode}:\n{tail}")
-    return parse_benchmark_app(done.stdout)
+    return parse_benchmark_app(run_tool(cmd, "benchmark_app", seconds))
 
 
 def _input_batch(model, inputs: Path | None, shape_arg: str | None) -> tuple[np.ndarray, bool]:

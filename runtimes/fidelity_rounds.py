@@ -7,6 +7,7 @@ within 1 +/- tolerance, 1 outside it or when the two tools did not run with the 
 """
 from __future__ import annotations
 
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,19 @@ class Comparison:
     # key -> (the other tool's value, ours); any difference makes the medians not comparable
     settings: dict[str, tuple[str, str]] = field(default_factory=dict)
     inner_label: str = ""          # what Round.inner_ms is, for the footnote
+
+
+def run_tool(cmd: list[str], tool: str, seconds: int) -> str:
+    """Run the other tool's command for about `seconds`; its stdout, or RuntimeError with the
+    tail of its output when it fails or runs 300 s past that."""
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 300)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{tool} did not finish within {seconds + 300} s") from None
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
+        raise RuntimeError(f"{tool} exited with {done.returncode}:\n{tail}")
+    return done.stdout
 
 
 def input_batch(inputs: Path | None, shape_arg: str | None, dims: list[int | None],
