@@ -42,13 +42,13 @@ def _cost(c: dict, top1_0: float) -> tuple:
     return (not faster, lost / saved if faster else lost, lost)
 
 
-def search_criterion(student, s, probe, pre, share: float, work: Path, evaluate) -> tuple:
+def search_criterion(student, s, probe, pre, share: float, work: Path, evaluate,
+                     top1_0: float) -> tuple:
     """(the chosen PrunePlan, the record of every candidate). `s` is the stage's StepSetup (its
     plan's importance is auto); `share` is the first step's share of MACs to remove; `student`
-    carries Taylor gradients; `evaluate(model) -> val top-1`."""
+    carries Taylor gradients; `evaluate(model) -> val top-1`; `top1_0` is the student's own."""
     from pipeline.prune.recover import recalibrate_batchnorm
     from pipeline.prune.structured import PruneError, macs_and_params, prune_to_macs
-    top1_0 = evaluate(student)
     target = int(s.macs0 * (1 - share))
     models, scored, unusable = {"unpruned": copy.deepcopy(student)}, {}, {}
     for plan in candidates(s.plan):

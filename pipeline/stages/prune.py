@@ -110,7 +110,7 @@ def run(ctx: Context) -> Result:
             # The first step's share of MACs (latency-budget mode: of half the most it may remove).
             share = (p.ratio if p.latency_budget_ms is None else p.budget_max_ratio / 2) / p.steps
             s.plan, criterion = broadcast(search_criterion(
-                student, s, probe, pre, share, work, lambda m: evaluate(m, s.val, device)["top1"])
+                student, s, probe, pre, share, work, lambda m: evaluate(m, s.val, device)["top1"], top1_0)
                 if is_main else None)
             plan = s.plan
             student.cpu()
