@@ -22,6 +22,16 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from runtimes.errors import Unavailable
+
+
+class CannotLoad(Unavailable, RuntimeError):
+    """`load()` was asked for a runtime or device that cannot be used here; the message is the
+    runtime's own `unavailable()` reason, so the CLI prints one line and exits 8."""
+
+    def __init__(self, runtime: str, device: str, reason: str):
+        super().__init__(f"cannot load on {runtime} device {device!r}: {reason}")
+
 
 @runtime_checkable
 class Session(Protocol):

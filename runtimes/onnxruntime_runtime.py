@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtimes.base import as_batch, package_version, unimportable_reason
+from runtimes.base import CannotLoad, as_batch, package_version, unimportable_reason
 
 NAME = "onnxruntime"
 FORMATS = ("onnx",)
@@ -131,7 +131,7 @@ def load(model, device: str = "cpu", threads: int | None = None) -> OnnxRuntimeS
     """
     reason = unavailable(device)
     if reason:
-        raise RuntimeError(f"cannot load on onnxruntime device {device!r}: {reason}")
+        raise CannotLoad("onnxruntime", device, reason)
     import onnxruntime as ort
 
     options = session_options(session_settings(threads))

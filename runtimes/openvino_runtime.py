@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from runtimes import formats
-from runtimes.base import as_batch, package_version, unimportable_reason
+from runtimes.base import CannotLoad, as_batch, package_version, unimportable_reason
 
 NAME = "openvino"
 FORMATS = ("openvino", "onnx")
@@ -181,7 +181,7 @@ def load(model, device: str = "cpu", threads: int | None = None,
     """
     reason = unavailable(device)
     if reason:
-        raise RuntimeError(f"cannot load on openvino device {device!r}: {reason}")
+        raise CannotLoad("openvino", device, reason)
     if isinstance(model, (str, Path)):
         path = Path(model)
         if not path.is_file():

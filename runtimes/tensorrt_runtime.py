@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from runtimes import tensorrt_buffers
-from runtimes.base import as_batch, package_version, unimportable_reason
+from runtimes.base import CannotLoad, as_batch, package_version, unimportable_reason
 
 NAME = "tensorrt"
 FORMATS = ("tensorrt",)
@@ -128,7 +128,7 @@ def load(model, device: str = "cuda", threads: int | None = None) -> TensorRtSes
     """Deserialize an engine (path or bytes) onto CUDA `device`. `threads` does not apply."""
     reason = unavailable(device)
     if reason:
-        raise RuntimeError(f"cannot load on tensorrt device {device!r}: {reason}")
+        raise CannotLoad("tensorrt", device, reason)
     import tensorrt as trt
 
     if isinstance(model, (str, Path)):

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from runtimes import torch_runtime
-from runtimes.base import as_batch, package_version, unimportable_reason
+from runtimes.base import CannotLoad, as_batch, package_version, unimportable_reason
 from runtimes.cuda_staging import cuda_unavailable_reason
 
 NAME = "torch_compile"
@@ -87,7 +87,7 @@ def load(model, device: str = "cpu", threads: int | None = None) -> CompiledSess
     itself happens on the first call of each input shape. The caller's module is not changed."""
     reason = unavailable(device)
     if reason:
-        raise RuntimeError(f"cannot load on torch_compile device {device!r}: {reason}")
+        raise CannotLoad("torch_compile", device, reason)
     import torch
 
     if not isinstance(model, torch.nn.Module):

@@ -13,7 +13,7 @@ import copy
 
 import numpy as np
 
-from runtimes.base import as_batch, package_version, unimportable_reason
+from runtimes.base import CannotLoad, as_batch, package_version, unimportable_reason
 from runtimes.cuda_staging import PinnedStaging, cuda_unavailable_reason
 
 NAME = "torch"
@@ -164,7 +164,7 @@ def load(model, device: str = "cpu", threads: int | None = None):
     """
     reason = unavailable(device)
     if reason:
-        raise RuntimeError(f"cannot load on torch device {device!r}: {reason}")
+        raise CannotLoad("torch", device, reason)
     import torch
 
     if not isinstance(model, torch.nn.Module):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 import importlib.metadata
 import importlib.util
@@ -191,24 +192,32 @@ def test_openvino_compiles_for_latency_and_reports_precision(tiny):
 
 def test_openvino_says_why_when_its_cpu_plugin_cannot_start(tiny):
     # ONEDNN_MAX_CPU_ISA limits PyTorch's oneDNN (to imitate an AVX2 machine); OpenVINO's own
-    # oneDNN may refuse to start under it. Listed as available, it must then also load a model.
-    code = ("from runtimes import openvino_runtime as o\n"
+    # oneDNN may refuse to start under it. Listed as available, it must then also load a model;
+    # refused, loading is one line with exit code 8, and quantize scores in ONNX Runtime alone.
+    code = ("import json\n"
+            "from runtimes import openvino_runtime as o\n"
+            "from runtimes.base import CannotLoad\n"
+            "from pipeline.stages.quantize import _scorers\n"
             "reason = o.unavailable('cpu')\n"
             "try:\n"
             f"    o.load({str(tiny['xml'])!r}, 'cpu', 1)\n"
             "    loads = 'loads'\n"
-            "except RuntimeError:\n"
-            "    loads = 'fails'\n"
-            "print(loads, reason)\n")
+            "except CannotLoad as exc:\n"
+            "    loads = f'fails {exc.exit_code} {exc}'\n"
+            "print(json.dumps([loads, reason, _scorers()]))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"})
     assert done.returncode == 0, done.stderr[-2000:]
-    loads, _, reason = done.stdout.strip().partition(" ")
+    loads, reason, (names, skipped) = json.loads(done.stdout.strip().splitlines()[-1])
     if loads == "loads":
-        assert reason == "None"
+        assert reason is None and names == ["onnxruntime", "openvino"] and skipped == {}
     else:
         assert reason.startswith("OpenVINO's CPU plugin does not start while ONEDNN_MAX_CPU_ISA=AVX2 "
                                  "is set (") and reason.endswith("); unset it for OpenVINO rows")
+        assert loads == f"fails 8 cannot load on openvino device 'cpu': {reason}"
+        assert names == ["onnxruntime"] and skipped == {"openvino": reason}
+        assert (f"quantize: the accuracy budget is held in onnxruntime only; openvino cannot run "
+                f"here ({reason})") in done.stderr
 
 
 def test_onnxruntime_session_options(tiny):

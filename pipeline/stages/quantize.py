@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 from pathlib import Path
 
 from pipeline.artifact import Artifact, Format
@@ -10,6 +11,8 @@ from pipeline.config import Config, QuantMethod
 from pipeline.models.loading import load_model
 from pipeline.stages.base import Context, Result, Stage
 from pipeline.stages.common import data_params
+
+logger = logging.getLogger(__name__)
 
 
 def _requested_scheme(cfg: Config) -> str | None:
@@ -24,16 +27,25 @@ def _scheme(cfg: Config) -> str:
 
 
 def params(cfg: Config) -> dict:
+    # Which runtimes scored the search decides the result: a file searched without OpenVINO is
+    # searched again once OpenVINO can run here.
     return {**data_params(cfg), "quantize": cfg.quantize.model_dump(mode="json"),
-            "scheme": _scheme(cfg), "opset": cfg.export.opset, "seed": cfg.run.seed}
+            "scheme": _scheme(cfg), "opset": cfg.export.opset, "seed": cfg.run.seed,
+            "scored_in": [name for name, reason in scoring_runtimes().items() if reason is None]}
 
 
 # The one Q/DQ file is served by both CPU runtimes; each executes it with its own kernels.
 SCORING_RUNTIMES = ("onnxruntime", "openvino")
 
 
-def onnx_top1(path: Path, val, pre, threads: int, log: dict | None = None) -> float:
-    """Worst val top-1 (%) of an ONNX file over the CPU runtimes that serve it.
+def scoring_runtimes() -> dict[str, str | None]:
+    """Each CPU runtime that serves the Q/DQ file, with why it cannot run here (None: it can)."""
+    import runtimes
+    return {name: runtimes.get(name).unavailable("cpu") for name in SCORING_RUNTIMES}
+
+
+def onnx_top1(path: Path, val, pre, threads: int, names: list[str], log: dict | None = None) -> float:
+    """Worst val top-1 (%) of an ONNX file over the CPU runtimes `names` that serve it.
 
     The accuracy budget must hold wherever the file is deployed, so the search sees the lower
     score; each runtime's own score is appended to `log`.
@@ -41,7 +53,7 @@ def onnx_top1(path: Path, val, pre, threads: int, log: dict | None = None) -> fl
     from pipeline.measure.scoring import predict, top1
     from runtimes.execution import open_model
     scores = {}
-    for name in SCORING_RUNTIMES:
+    for name in names:
         loaded = open_model(path, Format.onnx, name, "cpu", threads, pre.precision)
         logits = predict(loaded, val, pre, chunk=1)
         scores[name] = top1(logits.argmax(1), val.targets)
@@ -69,6 +81,7 @@ def run(ctx: Context) -> Result:
     from pipeline.measure.scoring import ValImages
 
     cfg, q = ctx.cfg, ctx.cfg.quantize
+    names, skipped = _scorers()
     model, pre = load_model(ctx.input("prune"))
     splits = load_splits(cfg.data, cfg.run.seed)
     val = ValImages(splits.val)
@@ -83,7 +96,8 @@ def run(ctx: Context) -> Result:
     quantize_fn = functools.partial(quantizer, method=q.calibration.method.value,
                                     per_channel=q.per_channel, scheme=_requested_scheme(cfg))
     scores: dict = {}
-    evaluate = functools.partial(onnx_top1, val=val, pre=pre, threads=cfg.run.thread_count(), log=scores)
+    evaluate = functools.partial(onnx_top1, val=val, pre=pre, threads=cfg.run.thread_count(), names=names,
+                                 log=scores)
     sensitivity = val.batch(pre, min(q.sensitivity_samples, val.count))
     int8, report = accuracy_aware_quantize(fp32, ctx.out_dir, source, evaluate, q.max_accuracy_drop,
                                            quantize_fn, sensitivity, max_excluded=q.max_float_layers)
@@ -91,7 +105,7 @@ def run(ctx: Context) -> Result:
     meta = {"preprocessing": pre.with_(precision="int8").to_dict(), "precision": "int8"}
     metrics = {
         "fp32_top1": report["fp32_accuracy"], "int8_top1": report["final_accuracy"],
-        "scored_in": list(SCORING_RUNTIMES), "per_runtime_top1": scores,
+        "scored_in": names, "not_scored_in": skipped, "per_runtime_top1": scores,
         "drop": report["final_drop"], "first_int8_top1": report["int8_accuracy"],
         "float_layers": report["excluded"], "steps": report["steps"],
         "sensitivity": report["sensitivity"], "quantizer": report["quantizer"],
@@ -104,6 +118,21 @@ def run(ctx: Context) -> Result:
                                  {"preprocessing": pre.to_dict(), "precision": "fp32"}),
         "onnx_int8": Artifact.of(ctx.out_dir, int8, Format.onnx, meta),
     }, metrics=metrics)
+
+
+def _scorers() -> tuple[list[str], dict[str, str]]:
+    """The runtimes that score the search here, and the reason for each that cannot."""
+    from runtimes.errors import Unavailable
+    found = scoring_runtimes()
+    names = [name for name, reason in found.items() if reason is None]
+    skipped = {name: reason for name, reason in found.items() if reason is not None}
+    if not names:
+        raise Unavailable("quantize: no runtime here can score the INT8 file: "
+                          + "; ".join(f"{n}: {r}" for n, r in skipped.items()))
+    for name, reason in skipped.items():
+        logger.warning(f"quantize: the accuracy budget is held in {', '.join(names)} only; {name} "
+                       f"cannot run here ({reason})")
+    return names, skipped
 
 
 def _stamp_precision(path: Path, pre) -> None:
