@@ -15,8 +15,18 @@ log = logging.getLogger(__name__)
 
 
 def params(cfg: Config) -> dict:
+    # A format skipped because its runtime cannot run here is exported once the runtime can.
+    runnable = sorted({fmt.value for fmt, _ in _requested(cfg) if scoring_unavailable(fmt) is None})
     return {**data_params(cfg), "export": cfg.export.model_dump(mode="json"),
-            "threads": cfg.run.thread_count()}
+            "threads": cfg.run.thread_count(), "runnable": runnable}
+
+
+def scoring_unavailable(fmt: Format) -> str | None:
+    """Why the runtime that scores and checks `fmt` bundles cannot run here, or None."""
+    import runtimes
+    from runtimes import formats
+    module = runtimes.get(formats.get(fmt).scoring_runtime)
+    return module.unavailable(module.DEFAULT_DEVICE)
 
 
 def _requested(cfg: Config) -> list[tuple[Format, str]]:
@@ -50,6 +60,11 @@ class Exporter:
         an exporter that cannot run here is recorded with its reason."""
         import exporters
         name = f"{fmt.value}_{precision}"
+        reason = scoring_unavailable(fmt)
+        if reason:   # a bundle nobody here can score or check is not shipped
+            self.metrics["unavailable"][name] = reason
+            log.info("  export %-15s skipped: %s", name, reason)
+            return
         try:
             model_file = exporters.export(src, Format.onnx, fmt, self.work / name, self.spec(precision))
         except exporters.ExportUnavailable as e:
