@@ -60,18 +60,18 @@ class Exporter:
         an exporter that cannot run here is recorded with its reason."""
         import exporters
         name = f"{fmt.value}_{precision}"
-        reason = scoring_unavailable(fmt)
-        if reason:   # a bundle nobody here can score or check is not shipped
-            self.metrics["unavailable"][name] = reason
-            log.info("  export %-15s skipped: %s", name, reason)
-            return
         try:
             model_file = exporters.export(src, Format.onnx, fmt, self.work / name, self.spec(precision))
         except exporters.ExportUnavailable as e:
-            self.metrics["unavailable"][name] = e.reason
-            log.info("  export %-15s skipped: %s", name, e.reason)
-            return
+            return self.skip(name, e.reason)
+        reason = scoring_unavailable(fmt)
+        if reason:   # converted, but nothing here can score or check the bundle: not shipped
+            return self.skip(name, reason)
         self.add(name, fmt, model_file, precision)
+
+    def skip(self, name: str, reason: str) -> None:
+        self.metrics["unavailable"][name] = reason
+        log.info("  export %-15s skipped: %s", name, reason)
 
     def add(self, name: str, fmt: Format, model_file: Path, precision: str) -> None:
         """Score `model_file` in its own runtime, bundle it with golden inputs and outputs, and check
