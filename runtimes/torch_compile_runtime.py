@@ -9,6 +9,7 @@ warm-up, and scoring feeds one image per call so accuracy reuses the latency sha
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import time
 
@@ -17,6 +18,8 @@ import numpy as np
 from runtimes import torch_runtime
 from runtimes.base import CannotLoad, as_batch, package_version, unimportable_reason
 from runtimes.cuda_staging import cuda_unavailable_reason
+from runtimes.parity import ParityError, compare_logits
+from runtimes.precision import Precision
 
 NAME = "torch_compile"
 FORMATS = ("torch",)
@@ -53,10 +56,11 @@ def devices() -> list[str]:
 
 
 class CompiledSession:
-    """A torch session around a compiled module, timing each input shape's first (compiling) call."""
+    """A torch session around a compiled module, timing each input shape's first (compiling) call
+    and checking its output against the eager module's on that same batch."""
 
-    def __init__(self, inner) -> None:
-        self._inner = inner
+    def __init__(self, inner, eager) -> None:
+        self._inner, self._eager = inner, eager
         self._compile_seconds: dict[tuple[int, ...], float] = {}
         if hasattr(inner, "cuda_stream"):
             self.cuda_stream = inner.cuda_stream
@@ -69,7 +73,20 @@ class CompiledSession:
         out = self._inner.run(batch)
         self._inner.sync()
         self._compile_seconds[batch.shape] = time.perf_counter() - t0
+        self._check(batch, out)
         return out
+
+    def _check(self, batch: np.ndarray, out: np.ndarray) -> None:
+        """A miscompiled kernel gives logits that look like a model's; accuracy alone would not
+        say why. Held to the fp16 bound: compiled kernels sum in another order (and may use TF32
+        on a GPU), while a broken kernel is off by orders of magnitude."""
+        result = compare_logits(self._eager.run(batch), out, Precision.FP16)
+        if not result.passed:
+            raise ParityError(f"torch.compile's output differs from eager PyTorch on the same batch: "
+                              f"{result.describe()}; inductor's kernel cache is "
+                              f"{os.environ.get('TORCHINDUCTOR_CACHE_DIR', 'the default')}, and kernels it "
+                              "cached under another ATEN_CPU_CAPABILITY are reused as they are: remove "
+                              "it, or give each capability its own TORCHINDUCTOR_CACHE_DIR", result)
 
     def sync(self) -> None:
         self._inner.sync()
@@ -94,12 +111,26 @@ def load(model, device: str = "cpu", threads: int | None = None) -> CompiledSess
         raise TypeError(f"torch_compile loads an in-memory torch.nn.Module, got {type(model).__name__}")
     if threads:
         torch.set_num_threads(int(threads))
+    _cache_per_capability()
     module = copy.deepcopy(model).eval()
+    compiled = torch.compile(module, backend="inductor", dynamic=False)
     if device.lower().startswith("cpu"):
-        inner = torch_runtime.TorchCpuSession(torch.compile(module, backend="inductor", dynamic=False))
-    else:
-        module = module.to(device.lower())
-        torch.cuda.synchronize(device.lower())
-        inner = torch_runtime.TorchCudaSession(torch.compile(module, backend="inductor", dynamic=False),
-                                               device.lower())
-    return CompiledSession(inner)
+        return CompiledSession(torch_runtime.TorchCpuSession(compiled), torch_runtime.TorchCpuSession(module))
+    module = module.to(device.lower())
+    torch.cuda.synchronize(device.lower())
+    return CompiledSession(torch_runtime.TorchCudaSession(compiled, device.lower()),
+                           torch_runtime.TorchCudaSession(module, device.lower()))
+
+
+def _cache_per_capability() -> None:
+    """Inductor's on-disk kernel cache does not tell kernels built under one ATEN_CPU_CAPABILITY
+    from another's: in torch 2.14, kernels cached with AVX-512 and reused with
+    ATEN_CPU_CAPABILITY=avx2 gave NaN logits, and the reverse corrupted the heap. So a capability
+    set by hand gets a cache folder of its own, unless the cache folder was chosen by hand too."""
+    capability = os.environ.get("ATEN_CPU_CAPABILITY")
+    if not capability:
+        return
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen in (None, default_cache_dir()):   # inductor writes its default there on first use
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default_cache_dir()}-{capability}"
