@@ -12,10 +12,11 @@ from pathlib import Path
 
 from calibration.preprocess import Preprocessing
 from exporters.onnx_export import check_preprocessing_matches, parity_against_onnx
-from exporters.spec import ExportError, ExportSpec, Precision, publish, staging_dir
-from runtimes import formats
+from exporters.spec import ExportError, ExportSpec, ExportUnavailable, Precision, publish, staging_dir
+from runtimes import formats, openvino_runtime
 from runtimes.execution import open_model
 from runtimes.formats.openvino_format import RT_INFO_PATH
+
 _LOW_PRECISION_OPS = {"FakeQuantize"}
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,9 @@ log = logging.getLogger(__name__)
 
 def export_onnx_to_openvino(src: Path, out_dir: Path, spec: ExportSpec) -> Path:
     """Convert `src` (.onnx) to `<out_dir>/<stem>.xml` + `.bin` + `.json`; check parity vs the ONNX."""
+    reason = openvino_runtime.unavailable("cpu")   # the parity check runs the IR on the CPU
+    if reason:
+        raise ExportUnavailable(reason)
     import openvino as ov
 
     src, out_dir = Path(src), Path(out_dir)

@@ -9,6 +9,7 @@ warm-up, and scoring feeds one image per call so accuracy reuses the latency sha
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import shutil
 import time
@@ -113,13 +114,14 @@ def load(model, device: str = "cpu", threads: int | None = None) -> CompiledSess
         torch.set_num_threads(int(threads))
     _cache_per_capability()
     module = copy.deepcopy(model).eval()
-    compiled = torch.compile(module, backend="inductor", dynamic=False)
     if device.lower().startswith("cpu"):
-        return CompiledSession(torch_runtime.TorchCpuSession(compiled), torch_runtime.TorchCpuSession(module))
-    module = module.to(device.lower())
-    torch.cuda.synchronize(device.lower())
-    return CompiledSession(torch_runtime.TorchCudaSession(compiled, device.lower()),
-                           torch_runtime.TorchCudaSession(module, device.lower()))
+        session = torch_runtime.TorchCpuSession
+    else:
+        module = module.to(device.lower())
+        torch.cuda.synchronize(device.lower())
+        session = functools.partial(torch_runtime.TorchCudaSession, device=device.lower())
+    compiled = torch.compile(module, backend="inductor", dynamic=False)
+    return CompiledSession(session(compiled), session(module))   # the same weights, compiled and eager
 
 
 def _cache_per_capability() -> None:

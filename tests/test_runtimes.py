@@ -198,8 +198,8 @@ def test_openvino_says_why_when_its_cpu_plugin_cannot_start(tiny):
     code = ("import json\n"
             "from runtimes import openvino_runtime as o\n"
             "from runtimes.base import CannotLoad\n"
-            "from pipeline.artifact import Format\n"
-            "from pipeline.stages.export import scoring_unavailable\n"
+            "from exporters.openvino_export import export_onnx_to_openvino\n"
+            "from exporters.spec import ExportUnavailable\n"
             "from pipeline.stages.quantize import _scorers\n"
             "reason = o.unavailable('cpu')\n"
             "try:\n"
@@ -207,20 +207,25 @@ def test_openvino_says_why_when_its_cpu_plugin_cannot_start(tiny):
             "    loads = 'loads'\n"
             "except CannotLoad as exc:\n"
             "    loads = f'fails {exc.exit_code} {exc}'\n"
-            "print(json.dumps([loads, reason, _scorers(), scoring_unavailable(Format.openvino)]))\n")
+            "exports = None\n"
+            "if reason:  # the exporter must refuse before it reads its arguments\n"
+            "    try:\n"
+            f"        export_onnx_to_openvino({str(tiny['onnx'])!r}, {str(tiny['onnx'].parent / 'ir')!r}, None)\n"
+            "    except ExportUnavailable as exc:\n"
+            "        exports = str(exc)\n"
+            "print(json.dumps([loads, reason, _scorers(), exports]))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"})
     assert done.returncode == 0, done.stderr[-2000:]
     loads, reason, (names, skipped), not_exported = json.loads(done.stdout.strip().splitlines()[-1])
     if loads == "loads":
         assert reason is None and names == ["onnxruntime", "openvino"] and skipped == {}
-        assert not_exported is None
     else:
         assert reason.startswith("OpenVINO's CPU plugin does not start while ONEDNN_MAX_CPU_ISA=AVX2 "
                                  "is set (") and reason.endswith("); unset it for OpenVINO rows")
         assert loads == f"fails 8 cannot load on openvino device 'cpu': {reason}"
         assert names == ["onnxruntime"] and skipped == {"openvino": reason}
-        assert not_exported == reason     # export skips the IR bundles with this reason
+        assert not_exported == reason     # the export stage skips the IR bundles with this reason
         assert (f"quantize: the accuracy budget is held in onnxruntime only; openvino cannot run "
                 f"here ({reason})") in done.stderr
 

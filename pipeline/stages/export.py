@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 
 
 def params(cfg: Config) -> dict:
-    # A format skipped because its runtime cannot run here is exported once the runtime can.
+    # A format skipped because its runtime cannot run here (its exporter checks parity in it) is
+    # exported once the runtime can.
     runnable = sorted({fmt.value for fmt, _ in _requested(cfg) if scoring_unavailable(fmt) is None})
     return {**data_params(cfg), "export": cfg.export.model_dump(mode="json"),
             "threads": cfg.run.thread_count(), "runnable": runnable}
@@ -63,15 +64,10 @@ class Exporter:
         try:
             model_file = exporters.export(src, Format.onnx, fmt, self.work / name, self.spec(precision))
         except exporters.ExportUnavailable as e:
-            return self.skip(name, e.reason)
-        reason = scoring_unavailable(fmt)
-        if reason:   # converted, but nothing here can score or check the bundle: not shipped
-            return self.skip(name, reason)
+            self.metrics["unavailable"][name] = e.reason
+            log.info("  export %-15s skipped: %s", name, e.reason)
+            return
         self.add(name, fmt, model_file, precision)
-
-    def skip(self, name: str, reason: str) -> None:
-        self.metrics["unavailable"][name] = reason
-        log.info("  export %-15s skipped: %s", name, reason)
 
     def add(self, name: str, fmt: Format, model_file: Path, precision: str) -> None:
         """Score `model_file` in its own runtime, bundle it with golden inputs and outputs, and check
