@@ -47,7 +47,7 @@ def test_benchmark_measures_torch_models_with_torch_compile_and_keeps_compile_ou
 
 
 CHILD = """
-import json, sys
+import json, os
 import numpy as np, torch
 from runtimes import torch_compile_runtime as tc
 torch.manual_seed(0)
@@ -61,7 +61,6 @@ try:
         result = {"max_abs": float(np.abs(out - m(torch.from_numpy(x)).numpy()).max())}
 except Exception as exc:
     result = {"error": f"{type(exc).__name__}: {exc}", "exit_code": getattr(exc, "exit_code", None)}
-import os
 result["cache"] = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
 print(json.dumps(result))
 """
