@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from exporters import openvino_export, tensorrt_export
 from exporters.onnx_export import export_torch_to_onnx
 from exporters.openvino_export import export_onnx_to_openvino
 from exporters.parity import ParityError, ParityResult, check_export, compare_logits
@@ -25,6 +26,12 @@ EXPORTERS: dict[tuple[str, str], Exporter] = {
     ("onnx", "tensorrt"): export_onnx_to_tensorrt,
 }
 
+# Edges that need something this machine may lack; each says why it cannot run (None: it can).
+REQUIREMENTS: dict[tuple[str, str], Callable[[], str | None]] = {
+    ("onnx", "openvino"): openvino_export.unavailable,
+    ("onnx", "tensorrt"): tensorrt_export.unavailable,
+}
+
 
 class UnknownExportEdge(LookupError, errors.StageFailed):
     """No exporter is registered for the requested (source, target) formats."""
@@ -33,6 +40,12 @@ class UnknownExportEdge(LookupError, errors.StageFailed):
 def _format_name(fmt: Any) -> str:
     # Accept plain strings and str-valued enums (e.g. the pipeline's artifact Format).
     return str(getattr(fmt, "value", fmt)).lower()
+
+
+def unavailable(src_format: Any, dst_format: Any) -> str | None:
+    """Why the exporter from `src_format` to `dst_format` cannot run here, or None."""
+    check = REQUIREMENTS.get((_format_name(src_format), _format_name(dst_format)))
+    return check() if check else None
 
 
 def export(src: Any, src_format: Any, dst_format: Any, out_dir: Path, spec: ExportSpec) -> Path:
@@ -47,5 +60,6 @@ def export(src: Any, src_format: Any, dst_format: Any, out_dir: Path, spec: Expo
 
 __all__ = [
     "EXPORTERS", "Exporter", "ExportError", "ExportSpec", "ExportUnavailable", "ParityError",
-    "ParityResult", "Precision", "UnknownExportEdge", "check_export", "compare_logits", "export",
+    "ParityResult", "Precision", "REQUIREMENTS", "UnknownExportEdge", "check_export", "compare_logits",
+    "export", "unavailable",
 ]

@@ -22,9 +22,15 @@ _LOW_PRECISION_OPS = {"FakeQuantize"}
 log = logging.getLogger(__name__)
 
 
+def unavailable() -> str | None:
+    """Why an IR cannot be made here, or None: the conversion needs openvino, and its parity
+    check runs the IR on the CPU."""
+    return openvino_runtime.unavailable("cpu")
+
+
 def export_onnx_to_openvino(src: Path, out_dir: Path, spec: ExportSpec) -> Path:
     """Convert `src` (.onnx) to `<out_dir>/<stem>.xml` + `.bin` + `.json`; check parity vs the ONNX."""
-    reason = openvino_runtime.unavailable("cpu")   # the parity check runs the IR on the CPU
+    reason = unavailable()
     if reason:
         raise ExportUnavailable(reason)
     import openvino as ov

@@ -15,19 +15,12 @@ log = logging.getLogger(__name__)
 
 
 def params(cfg: Config) -> dict:
-    # A format skipped because its runtime cannot run here (its exporter checks parity in it) is
-    # exported once the runtime can.
-    runnable = sorted({fmt.value for fmt, _ in _requested(cfg) if scoring_unavailable(fmt) is None})
+    # A format skipped because its exporter cannot run here is exported once it can.
+    import exporters
+    runnable = sorted({fmt.value for fmt, _ in _requested(cfg)
+                       if exporters.unavailable(Format.onnx, fmt) is None})
     return {**data_params(cfg), "export": cfg.export.model_dump(mode="json"),
             "threads": cfg.run.thread_count(), "runnable": runnable}
-
-
-def scoring_unavailable(fmt: Format) -> str | None:
-    """Why the runtime that scores and checks `fmt` bundles cannot run here, or None."""
-    import runtimes
-    from runtimes import formats
-    module = runtimes.get(formats.get(fmt).scoring_runtime)
-    return module.unavailable(module.DEFAULT_DEVICE)
 
 
 def _requested(cfg: Config) -> list[tuple[Format, str]]:

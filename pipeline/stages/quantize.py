@@ -31,17 +31,19 @@ def params(cfg: Config) -> dict:
     # searched again once OpenVINO can run here.
     return {**data_params(cfg), "quantize": cfg.quantize.model_dump(mode="json"),
             "scheme": _scheme(cfg), "opset": cfg.export.opset, "seed": cfg.run.seed,
-            "scored_in": [name for name, reason in scoring_runtimes().items() if reason is None]}
+            "scored_in": scorers()[0]}
 
 
 # The one Q/DQ file is served by both CPU runtimes; each executes it with its own kernels.
 SCORING_RUNTIMES = ("onnxruntime", "openvino")
 
 
-def scoring_runtimes() -> dict[str, str | None]:
-    """Each CPU runtime that serves the Q/DQ file, with why it cannot run here (None: it can)."""
+def scorers() -> tuple[list[str], dict[str, str]]:
+    """The CPU runtimes serving the Q/DQ file that can run here, and why each other one cannot."""
     import runtimes
-    return {name: runtimes.get(name).unavailable("cpu") for name in SCORING_RUNTIMES}
+    found = {name: runtimes.get(name).unavailable("cpu") for name in SCORING_RUNTIMES}
+    return ([name for name, reason in found.items() if reason is None],
+            {name: reason for name, reason in found.items() if reason is not None})
 
 
 def onnx_top1(path: Path, val, pre, threads: int, names: list[str], log: dict | None = None) -> float:
@@ -121,11 +123,9 @@ def run(ctx: Context) -> Result:
 
 
 def _scorers() -> tuple[list[str], dict[str, str]]:
-    """The runtimes that score the search here, and the reason for each that cannot."""
+    """`scorers()`, saying once which runtime cannot score here; none at all is an error."""
     from runtimes.errors import Unavailable
-    found = scoring_runtimes()
-    names = [name for name, reason in found.items() if reason is None]
-    skipped = {name: reason for name, reason in found.items() if reason is not None}
+    names, skipped = scorers()
     if not names:
         raise Unavailable("quantize: no runtime here can score the INT8 file: "
                           + "; ".join(f"{n}: {r}" for n, r in skipped.items()))
