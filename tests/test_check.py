@@ -83,6 +83,9 @@ def test_each_budget_reports_what_it_measured(run):
     drop = -h["accuracy_change_points"]
     assert by["max_accuracy_drop"].measured == pytest.approx(drop)
     assert by["max_accuracy_drop"].status == ("fail" if drop > 0 else "pass")
+    ci = h["accuracy_change_ci"]          # the drop's interval is said, the budget judges the drop
+    assert f"drop {-ci['high']:+.1f} to {-ci['low']:+.1f} points at 95% confidence" in by["max_accuracy_drop"].message
+    assert f"[95% CI {ci['low']:+.1f}, {ci['high']:+.1f}] on {ci['images']} val images" in h["text"]
     assert by["max_size_mb"].measured == pytest.approx(deployed["size_bytes"] / 1e6)
     assert by["max_size_mb"].status == "fail"
     assert by["max_p90_ms[onnxruntime/gpu]"].status == "fail"

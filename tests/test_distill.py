@@ -139,6 +139,11 @@ def test_distill_stage_end_to_end(cli, tiny_args, tmp_path):
     assert metrics["teacher_batches_run"] == 0
     assert metrics["teacher_top1"] > 60.0 and 0 <= metrics["val_top1"] <= 100
     assert metrics["student_alone_top1"] is not None and len(metrics["history"]["alone"]) == 1
+    gain, gap = metrics["distill_gain"], metrics["teacher_gap"]      # paired, image by image
+    assert gain["points"] == pytest.approx(metrics["distill_gain_points"], abs=1e-3)
+    assert gap["points"] == pytest.approx(metrics["val_top1"] - metrics["teacher_top1"], abs=1e-3)
+    assert gain["low"] <= gain["points"] <= gain["high"] and gain["images"] == gap["images"]
+    assert "distill: distilled vs alone " in first.stderr and f"on {gain['images']} val images" in first.stderr
     assert metrics["student"]["params"] < metrics["teacher"]["params"]
     assert metrics["student"]["macs"] < metrics["teacher"]["macs"]
     assert m["inputs"]["finetune"]["outputs"]["model"]

@@ -295,6 +295,10 @@ def test_prune_stage_backs_off_when_a_step_loses_too_much(tmp_path, monkeypatch)
     assert m["before"]["val_top1"] > 45.0, "the trained student must be good enough for a drop to show"
     s1, s2 = m["steps"]
     assert s1["accuracy_drop_points"] <= 30 < s2["accuracy_drop_points"]
+    for step in (s1, s2):                # each step against the unpruned student, image by image
+        change = step["accuracy_change"]
+        assert change["points"] == pytest.approx(-step["accuracy_drop_points"], abs=1e-3)
+    assert s2["accuracy_change"]["verdict"] == "lower"          # a one-class model: beyond the noise
     budget = m["accuracy_budget"]
     assert budget["steps_kept"] == 1 and budget["backed_off"] and "shipping step 1" in budget["warning"]
     assert m["after"]["val_top1"] == s1["val_top1"] and m["after"]["macs"] == s1["macs"]

@@ -102,6 +102,16 @@ def _p90_budget(report: dict, name: str, key: str, limit: float, unit: str, valu
                    note=f"no row for '{key}' in the report (rows exist for: {', '.join(known)})")
 
 
+def _drop_interval(h: dict) -> str:
+    """The drop's interval, for reading the verdict: the budget is judged on the measured drop,
+    since scoring the same val images again cannot narrow it."""
+    ci = h.get("accuracy_change_ci")
+    if not ci:
+        return ""
+    return (f"drop {-ci['high']:+.1f} to {-ci['low']:+.1f} points at {ci['level']:.0%} confidence "
+            f"on {ci['images']} val images")
+
+
 def evaluate(report: dict, check: Check) -> list[Verdict]:
     """One verdict per configured budget, in the order of the config."""
     h = report.get("headline")
@@ -114,7 +124,7 @@ def evaluate(report: dict, check: Check) -> list[Verdict]:
                    if deployed else Verdict("min_accuracy", FAIL, check.min_accuracy, "%", "min", note=missing))
     if check.max_accuracy_drop is not None:
         out.append(_judge("max_accuracy_drop", -h["accuracy_change_points"], check.max_accuracy_drop, "points",
-                          "max", f"{h['teacher']} -> {h['deployed']}")
+                          "max", f"{h['teacher']} -> {h['deployed']}", _drop_interval(h))
                    if deployed else Verdict("max_accuracy_drop", FAIL, check.max_accuracy_drop, "points",
                                             "max", note=missing))
     for key, limit in check.max_p90_ms.items():

@@ -143,7 +143,8 @@ def _measured_rows(item: dict, res: dict, target: Target, threads: int, fp: str 
                      "accuracy": float(res["accuracy"]), "accuracy_images": res.get("accuracy_images"),
                      # what the baseline gate compares: the same val split at the same input size
                      "val_split": val_split, "input_size": item["cand"].preprocessing.input_size,
-                     "agreement_reference": None, "agreement_teacher": None, "params": None,
+                     "agreement_reference": None, "agreement_teacher": None,
+                     "accuracy_vs_teacher": None, "params": None,
                      "macs": None, "settings": {}, "compile_s": (res.get("build") or {}).get("seconds"),
                      "load_s": res.get("load_s"), "first_inference_ms": res.get("first_inference_ms"),
                      "build": res.get("build"), "bundle_check": res.get("bundle_check"),

@@ -15,6 +15,7 @@ import traceback
 import numpy as np
 
 from pipeline.config import Config
+from pipeline.measure.accuracy_interval import paired_difference
 from pipeline.measure.artifacts import TEACHER, Candidate, candidates
 from pipeline.measure.scoring import ValImages, agreement, predict, top1
 from pipeline.measure.targets import Target, device_family, is_reference, targets_for
@@ -143,6 +144,14 @@ def _whom(reference: str | None) -> str:
     return f"{reference} (its FP32 torch source) and of the teacher"
 
 
+def _vs_teacher(preds: np.ndarray, teacher: np.ndarray | None, targets: np.ndarray) -> dict | None:
+    """This row's top-1 minus the teacher's (PyTorch eager FP32, CPU), image by image, with its
+    interval: what the val split can and cannot tell apart."""
+    if teacher is None:
+        return None
+    return paired_difference(preds == targets, teacher == targets)
+
+
 def _threads_used(settings: dict) -> str:
     for key in ("torch_threads", "inference_num_threads", "threads"):
         if settings.get(key) is not None:
@@ -175,6 +184,7 @@ def measure_target(cand: Candidate, target: Target, cfg: Config, val: ValImages,
               "peak_rss_scope": peak_scope,
               "agreement_reference": agreement(preds, models.predictions(cand.reference)),
               "agreement_teacher": agreement(preds, models.predictions(TEACHER)),
+              "accuracy_vs_teacher": _vs_teacher(preds, models.predictions(TEACHER), val.targets),
               "params": params, "macs": macs, "settings": settings,
               "compile_s": settings.get("compile_seconds"),
               "val_split": val.fingerprint, "input_size": cand.preprocessing.input_size,

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 from pipeline.config import Config, Importance
+from pipeline.measure.accuracy_interval import describe, paired_difference
 
 logger = logging.getLogger("pipeline.stages.prune")   # the stage's voice in the run's log
 
@@ -34,6 +35,7 @@ class StepSetup:
     protected: list
     macs0: int = 0
     params0: int = 0
+    right0: object = None    # per val image, whether the unpruned student is right
 
 
 def prune_step(i: int, n: int, ratio: float, student, pruner, s: StepSetup) -> dict:
@@ -43,6 +45,7 @@ def prune_step(i: int, n: int, ratio: float, student, pruner, s: StepSetup) -> d
     pruning can keep different widths than the one-shot search predicted)."""
     from pipeline.prune.recover import accumulate_gradients, recalibrate_batchnorm, recover
     from pipeline.prune.structured import macs_and_params, prune_to_macs
+    from pipeline.train.loop import correct
     p = s.cfg.prune
     t0 = time.time()
     # Taylor scores need gradients of the current weights: step 1 reuses those run() took for the
@@ -62,10 +65,12 @@ def prune_step(i: int, n: int, ratio: float, student, pruner, s: StepSetup) -> d
     _log(f"step {i}/{n}: {1 - macs / s.macs0:.1%} of MACs removed")
     fit = recover(student, s.train, s.val, p.recover, s.device, s.cfg.run.seed, s.loss,
                   f"prune recover {i}/{n}", s.cfg.run.num_workers)
+    change = paired_difference(correct(student, s.val, s.device), s.right0)   # image by image
     student.cpu()
     return {"step": i, "macs": macs, "params": n_params, "macs_removed": round(1 - macs / s.macs0, 4),
             "params_removed": round(1 - n_params / s.params0, 4), "topped_up_to_target": topped_up,
             "val_top1_before_recovery": fit.history[0]["val_top1"], "val_top1": fit.best_top1,
+            "accuracy_change": change,
             "recovery": {"best_epoch": fit.best_epoch, "history": fit.history,
                          "seconds": round(fit.seconds, 2)},
             "seconds": round(time.time() - t0, 2)}
@@ -94,8 +99,10 @@ def within_budget(step: dict, top1_0: float, max_drop: float | None) -> bool:
     step["accuracy_drop_points"] = round(top1_0 - step["val_top1"], 4)
     if max_drop is None or step["accuracy_drop_points"] <= max_drop:
         return True
+    change = step.get("accuracy_change")
+    noise = f"; {describe(change, 'pruned', 'unpruned')}" if change else ""
     _log(f"step {step['step']} lost {step['accuracy_drop_points']:.2f} points after recovery "
-         f"(val {step['val_top1']:.2f}% vs {top1_0:.2f}% unpruned; prune.max_accuracy_drop "
+         f"(val {step['val_top1']:.2f}% vs {top1_0:.2f}% unpruned{noise}; prune.max_accuracy_drop "
          f"{max_drop:g}): no further pruning")
     return False
 

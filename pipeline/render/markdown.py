@@ -1,6 +1,7 @@
 """report.md: the tables an engineer reads in a pull request."""
 from __future__ import annotations
 
+from pipeline.measure.accuracy_interval import describe
 from pipeline.render import tables
 
 PLOTS = {"accuracy_vs_p90": "Accuracy vs p90 latency (Pareto front marked)",
@@ -70,9 +71,13 @@ def _notes(up: dict) -> list[str]:
                    f"({'NEGATIVE TRANSFER' if nt.get('negative_transfer') else 'pretraining helps'}).")
     ds = up.get("distill") or {}
     if ds.get("student_alone_top1") is not None:
+        gain = (describe(ds["distill_gain"], "distilled", "alone") if ds.get("distill_gain")
+                else f"{tables.num(ds.get('distill_gain_points'), signed=True)} points")
+        gap = (f" (distilled {describe(ds['teacher_gap'], 'distilled', 'the teacher')})"
+               if ds.get("teacher_gap") else "")
         out.append(f"- Distillation: student alone {tables.num(ds['student_alone_top1'])}%, distilled "
-                   f"{tables.num(ds.get('val_top1'))}% ({tables.num(ds.get('distill_gain_points'), signed=True)} "
-                   f"points), teacher {tables.num(ds.get('teacher_top1'))}%.")
+                   f"{tables.num(ds.get('val_top1'))}% ({gain}), teacher "
+                   f"{tables.num(ds.get('teacher_top1'))}%{gap}.")
     pr = up.get("prune") or {}
     if pr:
         parts = [f"{k.replace('_', ' ')} {_value(v)}" for k, v in pr.items()

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pipeline.measure.targets import REFERENCE_RUNTIME
 
 MEASURED_HEADERS = ("Artifact", "Stage", "Format", "Precision", "Runtime", "Device", "Batch",
-                    "Top-1 %", "Δ teacher", "Agree ref %", "Agree teacher %", "p50 ms", "p90 ms",
+                    "Top-1 %", "Δ teacher (95% CI)", "Agree ref %", "Agree teacher %", "p50 ms", "p90 ms",
                     "p99 ms", "Mean ms", "Images/s", "Energy mJ", "Size MB", "Params M", "MACs M", "Compile s",
                     "Pareto")
 NOT_MEASURED_HEADERS = ("Runtime / device", "Status", "Artifacts", "Reason")
@@ -20,6 +20,13 @@ def num(v, digits: int = 2, scale: float = 1.0, signed: bool = False) -> str:
     if v is None:
         return "-"
     return f"{v / scale:+.{digits}f}" if signed else f"{v / scale:.{digits}f}"
+
+
+def delta_teacher(row: dict) -> str:
+    """Top-1 change against the teacher, with its interval where the images were compared pairwise."""
+    ci = row.get("accuracy_vs_teacher")
+    delta = num(row.get("accuracy_delta_teacher"), signed=True)
+    return f"{delta} [{ci['low']:+.1f}, {ci['high']:+.1f}]" if ci else delta
 
 
 def artifact_label(row: dict) -> str:
@@ -40,7 +47,7 @@ def measured(report: dict) -> list[list[str]]:
             continue
         lines.append([
             artifact_label(r), r["stage"], r["format"], r["precision"], r["runtime"], r["device"],
-            str(r["batch"]), num(r["accuracy"]), num(r.get("accuracy_delta_teacher"), signed=True),
+            str(r["batch"]), num(r["accuracy"]), delta_teacher(r),
             num(r.get("agreement_reference"), 1), num(r.get("agreement_teacher"), 1),
             ms(r["p50_ms"]), ms(r["p90_ms"]), ms(r["p99_ms"]), ms(r["mean_ms"]),
             num(r["throughput_ips"], 1), num(r.get("energy_mj"), 1), num(r.get("size_bytes"), 2, 1e6),
@@ -70,7 +77,9 @@ def headline_table(h: dict) -> list[list[str]]:
         ["p90 latency (ms)", ms(h["teacher_p90_ms"]), ms(h["deployed_p90_ms"]), faster(h["speedup_p90"])],
         ["p99 latency (ms)", ms(h["teacher_p99_ms"]), ms(h["deployed_p99_ms"]), ""],
         ["val top-1 (%)", num(h["teacher_accuracy"]), num(h["deployed_accuracy"]),
-         f"{h['accuracy_change_points']:+.2f} points"],
+         f"{h['accuracy_change_points']:+.2f} points"
+         + (f" [95% CI {h['accuracy_change_ci']['low']:+.1f}, {h['accuracy_change_ci']['high']:+.1f}]"
+            if h.get("accuracy_change_ci") else "")],
         ["size on disk (MB)", size(h["teacher_size_bytes"]), size(h["deployed_size_bytes"]),
          f"{h['size_ratio']:.1f}x smaller" if h.get("size_ratio") else ""],
     ]

@@ -50,6 +50,7 @@ def upstream_notes(inputs: dict[str, Manifest]) -> dict:
         m = ds.metrics
         notes["distill"] = {"val_top1": m.get("val_top1"), "student_alone_top1": m.get("student_alone_top1"),
                             "distill_gain_points": m.get("distill_gain_points"),
+                            "distill_gain": m.get("distill_gain"), "teacher_gap": m.get("teacher_gap"),
                             "teacher_top1": m.get("teacher_top1"),
                             "student": _num(m, "student", "backbone")}
         gain = m.get("distill_gain_points")

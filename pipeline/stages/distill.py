@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from pipeline.config import Config
+from pipeline.measure.accuracy_interval import describe, paired_difference
 from pipeline.models.cost import count_macs, count_params
 from pipeline.models.loading import load_model, save_model
 from pipeline.stages.base import Context, Result, Stage
@@ -58,7 +59,7 @@ def run(ctx: Context) -> Result:
     from pipeline.data import DataError, load_splits
     from pipeline.data.torch_dataset import TorchImageSet
     from pipeline.models.registry import ModelSpec, model_preprocessing
-    from pipeline.train.loop import evaluate
+    from pipeline.train.loop import correct, top1_of
     from pipeline.train.teacher_cache import TeacherLogitCache, teacher_logits
 
     cfg, d = ctx.cfg, ctx.cfg.distill
@@ -76,7 +77,7 @@ def run(ctx: Context) -> Result:
     train_set = TorchImageSet(splits.train, pre, d.train.augment if augmented else None, cfg.run.seed)
     val_set = TorchImageSet(splits.val, pre, None, cfg.run.seed)
 
-    teacher_top1 = evaluate(teacher, TorchImageSet(splits.val, teacher_pre, None), device)["top1"]
+    teacher_right = correct(teacher, TorchImageSet(splits.val, teacher_pre, None), device)
     cache = TeacherLogitCache(ctx.store_root)
     cached = None
     if not augmented:   # fixed pixels per sample: one teacher pass, reused every epoch and run
@@ -106,12 +107,21 @@ def run(ctx: Context) -> Result:
     if d.compare_alone:
         alone_model, alone = _train_student(cfg, spec, train_set, val_set, device, None,
                                             "student alone", probe)
+        alone_right = correct(alone_model, val_set, device)
         del alone_model
     student, result = _train_student(cfg, spec, train_set, val_set, device, loss, "distill", probe)
+    student_right = correct(student, val_set, device)
+    # image by image, since a few hundred val images resolve a couple of points at best
+    gain = paired_difference(student_right, alone_right) if alone else None
+    gap = paired_difference(student_right, teacher_right)
+    logger.info("  distill: distilled vs alone "
+                + (describe(gain, "distilled", "alone") if gain else "not compared")
+                + f"; vs the teacher {describe(gap, 'distilled', 'the teacher')}")
     metrics = {"val_top1": result.best_top1, "best_epoch": result.best_epoch,
-               "teacher_top1": teacher_top1,
+               "teacher_top1": top1_of(teacher_right),
                "student_alone_top1": alone.best_top1 if alone else None,
                "distill_gain_points": round(result.best_top1 - alone.best_top1, 4) if alone else None,
+               "distill_gain": gain, "teacher_gap": gap,
                "student": {"backbone": d.student, "params": count_params(student),
                            "macs": count_macs(student.cpu(), pre)},
                "teacher": {"backbone": upstream.outputs["model"].metadata["spec"]["name"],

@@ -73,7 +73,7 @@ def run(ctx: Context) -> Result:
     from pipeline.prune.structured import (IterativePruner, PrunePlan, channel_ratio_for, macs_and_params,
                                            protected_layers)
     from pipeline.train.distributed import broadcast, world
-    from pipeline.train.loop import evaluate
+    from pipeline.train.loop import correct, evaluate, top1_of
     from pipeline.train.teacher_cache import augmentation_on
 
     cfg, p = ctx.cfg, ctx.cfg.prune
@@ -94,7 +94,8 @@ def run(ctx: Context) -> Result:
                loss=_recovery_loss(ctx, pre, splits, device),
                protected=protected_layers(student, example, plan))
     s.macs0, s.params0 = macs_and_params(student, example)
-    top1_0 = evaluate(student, s.val, device)["top1"]
+    s.right0 = correct(student, s.val, device)
+    top1_0 = top1_of(s.right0)
     student.cpu()
     _log(f"student {spec.name}: {s.macs0 / 1e6:.2f} M MACs, {s.params0 / 1e6:.3f} M params, "
          f"val {top1_0:.2f}%; kept whole: {', '.join(s.protected)}")

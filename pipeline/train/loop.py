@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -104,6 +105,17 @@ def predict(model, dataset, device: torch.device, batch_size: int = 32) -> tuple
             logits.append(model(x.to(device).contiguous(memory_format=torch.channels_last)).float().cpu())
             targets.append(torch.as_tensor(y))
     return torch.cat(logits), torch.cat(targets)
+
+
+def correct(model, dataset, device: torch.device, batch_size: int = 32) -> np.ndarray:
+    """Per image, whether the model's top-1 is the label (bool [N]), for paired comparisons."""
+    logits, targets = predict(model, dataset, device, batch_size)
+    return (logits.argmax(1) == targets).numpy()
+
+
+def top1_of(right: np.ndarray) -> float:
+    """Top-1 (%) of a `correct` mask, computed as `evaluate` computes it (equal numbers)."""
+    return 100.0 * torch.from_numpy(right).float().mean().item()
 
 
 def evaluate(model, dataset, device: torch.device, batch_size: int = 32) -> dict:
