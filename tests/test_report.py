@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 
+import numpy as np
 import pytest
 
 import bench_fixture
@@ -140,18 +141,31 @@ def test_headline_arithmetic_and_tolerance():
 
 
 def test_upstream_warnings_and_summaries_are_read_by_key():
+    from pipeline.measure.accuracy_interval import paired_difference
+    from pipeline.render.markdown import _notes
+
     def manifest(stage, metrics):
         return Manifest(stage, 1, "k", {}, {}, {}, metrics)
+    alone = np.arange(200) % 25 != 0                 # 96.0% of 200 images: one more than distilled
+    distilled = alone.copy()
+    distilled[1] = False
+    gain, gap = paired_difference(distilled, alone), paired_difference(distilled, alone | (np.arange(200) == 0))
     warning = "NEGATIVE TRANSFER: efficientnet_lite0 trained from scratch reaches 97.00% ..."
     notes = upstream_notes({
         "finetune": manifest("finetune", {"val_top1": 95.0, "negative_transfer": {
             "pretrained_top1": 95.0, "scratch_top1": 97.0, "negative_transfer": True, "warning": warning}}),
         "distill": manifest("distill", {"val_top1": 96.0, "student_alone_top1": 96.5,
-                                        "distill_gain_points": -0.5}),
+                                        "distill_gain_points": -0.5, "distill_gain": gain,
+                                        "teacher_gap": gap}),
         "prune": manifest("prune", {"mode": "ratio", "summary": {"macs_removed": 0.5}, "after": {"val_top1": 95.5}}),
         "quantize": manifest("quantize", {"int8_top1": 95.1, "float_layers": ["conv_head"], "steps": [{}]}),
     })
     assert notes["warnings"][0] == warning and "Distillation lost 0.50 points" in notes["warnings"][1]
+    assert f"[95% CI {gain['low']:+.1f}, {gain['high']:+.1f}] on 200 val images" in notes["warnings"][1]
+    [line] = [x for x in _notes(notes) if x.startswith("- Distillation")]
+    assert (f"(-0.50 points [95% CI {gain['low']:+.1f}, {gain['high']:+.1f}] on 200 val images, within "
+            "the noise (0 images right only for distilled, 1 only for alone))") in line
+    assert f"(distilled {gap['points']:+.2f} points [95% CI" in line and "2 only for the teacher)" in line
     assert notes["prune"]["macs_removed"] == 0.5 and notes["prune"]["val_top1_after"] == 95.5
     assert notes["quantize"] == {"int8_top1": 95.1, "float_layers": ["conv_head"]}
     assert upstream_notes({}) == {"warnings": []}

@@ -136,8 +136,8 @@ def run(ctx: Context) -> Result:
                "device": str(device)}
     if alone and result.best_top1 < alone.best_top1:
         logger.warning(f"the distilled student ({result.best_top1:.2f}%) is below the student trained "
-                       f"alone ({alone.best_top1:.2f}%); try a higher distill.temperature or lower "
-                       "distill.alpha")
+                       f"alone ({alone.best_top1:.2f}%; {describe(gain, 'distilled', 'alone')}); try a "
+                       "higher distill.temperature or lower distill.alpha")
     artifact = save_model(student, spec, pre, ctx.out_dir,
                           extra={"teacher_sha256": upstream.outputs["model"].sha256})
     return Result(outputs={"model": artifact}, metrics=metrics)
