@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pipeline.measure.targets import REFERENCE_RUNTIME
+from pipeline.report.headline import accuracy_change_text
 
 MEASURED_HEADERS = ("Artifact", "Stage", "Format", "Precision", "Runtime", "Device", "Batch",
                     "Top-1 %", "Δ teacher (95% CI)", "Agree ref %", "Agree teacher %", "p50 ms", "p90 ms",
@@ -77,9 +78,7 @@ def headline_table(h: dict) -> list[list[str]]:
         ["p90 latency (ms)", ms(h["teacher_p90_ms"]), ms(h["deployed_p90_ms"]), faster(h["speedup_p90"])],
         ["p99 latency (ms)", ms(h["teacher_p99_ms"]), ms(h["deployed_p99_ms"]), ""],
         ["val top-1 (%)", num(h["teacher_accuracy"]), num(h["deployed_accuracy"]),
-         f"{h['accuracy_change_points']:+.2f} points"
-         + (f" [95% CI {h['accuracy_change_ci']['low']:+.1f}, {h['accuracy_change_ci']['high']:+.1f}]"
-            if h.get("accuracy_change_ci") else "")],
+         accuracy_change_text(h)],
         ["size on disk (MB)", size(h["teacher_size_bytes"]), size(h["deployed_size_bytes"]),
          f"{h['size_ratio']:.1f}x smaller" if h.get("size_ratio") else ""],
     ]
