@@ -192,6 +192,11 @@ def test_prune_stage_end_to_end(tmp_path):
     for block in (m["before"], m["after"], *m["steps"]):
         assert block["latency"]["p50_ms"] > 0 and block["latency"]["p90_ms"] >= block["latency"]["p50_ms"]
     assert 0 <= m["after"]["val_top1"] <= 100 and "speedup_p50" in m["summary"]
+    for step in m["steps"]:             # recovery starts from a head refitted to the pruned features
+        head = step["refit_head"]
+        assert head["features"] > 0 and head["l2"] in cfg.finetune.probe_l2
+        assert step["val_top1_before_recovery"] == pytest.approx(head["val_top1"])
+        assert step["val_top1"] >= head["val_top1"]               # the refitted start is a candidate
     manifest = Manifest("prune", 1, "k", {}, {}, result.outputs, entry_dir=out)
     reloaded, reloaded_pre = load_model(manifest)
     assert reloaded_pre == pre
