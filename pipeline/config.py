@@ -218,9 +218,9 @@ class Prune(Strict):
     ignored_layers: list[str] = Field(default_factory=list)
     layer_ratios: dict[str, float] = Field(default_factory=dict,
                                            description="layer name -> share of its channels to remove")
-    refit_head: bool = Field(True, description="after each step, refit the classifier on the "
-                             "pruned network's frozen features (a linear probe, seconds) before "
-                             "recovery trains: the old head no longer matches them")
+    refit_head: bool = Field(True, description="after each step, also try the classifier refitted "
+                             "on the pruned network's frozen features (a linear probe, seconds), "
+                             "before and after recovery; the best on val is kept")
     recover: Train = Train(epochs=3, lr=2e-4)
 
     @model_validator(mode="after")

@@ -192,11 +192,12 @@ def test_prune_stage_end_to_end(tmp_path):
     for block in (m["before"], m["after"], *m["steps"]):
         assert block["latency"]["p50_ms"] > 0 and block["latency"]["p90_ms"] >= block["latency"]["p50_ms"]
     assert 0 <= m["after"]["val_top1"] <= 100 and "speedup_p50" in m["summary"]
-    for step in m["steps"]:             # recovery starts from a head refitted to the pruned features
-        head = step["refit_head"]
-        assert head["features"] > 0 and head["l2"] in cfg.finetune.probe_l2
-        assert step["val_top1_before_recovery"] == pytest.approx(head["val_top1"])
-        assert step["val_top1"] >= head["val_top1"]               # the refitted start is a candidate
+    for step in m["steps"]:             # heads refitted to the pruned features are candidates
+        scores = step["refit_head"]["val_top1"]
+        assert list(scores) == ["recovered", "refit before recovery", "refit after recovery"]
+        assert scores["recovered"] == max(h["val_top1"] for h in step["recovery"]["history"])
+        assert step["val_top1"] == max(scores.values()) == scores[step["refit_head"]["kept"]]
+        assert step["accuracy_change"]["points"] == pytest.approx(step["val_top1"] - m["before"]["val_top1"], abs=1e-3)
     manifest = Manifest("prune", 1, "k", {}, {}, result.outputs, entry_dir=out)
     reloaded, reloaded_pre = load_model(manifest)
     assert reloaded_pre == pre
@@ -267,7 +268,8 @@ def test_prune_stage_backs_off_when_a_step_loses_too_much(tmp_path, monkeypatch)
     cfg = load_config(None, [f"run.store={tmp_path / 'runs'}", "run.threads=1", "prune.ratio=0.3",
                              "prune.steps=2", "prune.round_to=1", "prune.recover.epochs=1",
                              "prune.recover.augment.random_resized_crop=null", "prune.measure_seconds=0.05",
-                             "prune.measure_rounds=1", "prune.budget_threads=1", "prune.max_accuracy_drop=30"])
+                             "prune.measure_rounds=1", "prune.budget_threads=1", "prune.max_accuracy_drop=30",
+                             "prune.refit_head=false"])   # a refitted head would repair the break
     pre = model_preprocessing(SPEC, CLASSES, SIZE, 1.0)
     splits = load_splits(cfg.data, 0)
     student = _model(2)

@@ -173,4 +173,4 @@ def run(ctx: Context) -> Result:
     return Result(outputs={"model": artifact}, metrics=metrics)
 
 
-STAGE = Stage(name="prune", version=3, deps=("finetune", "distill"), params=params, run=run)
+STAGE = Stage(name="prune", version=4, deps=("finetune", "distill"), params=params, run=run)
