@@ -67,10 +67,11 @@ def prune_step(i: int, n: int, ratio: float, student, pruner, s: StepSetup) -> d
     refit_before = _with_refitted_head(student, s) if p.refit_head else None
     fit = recover(student, s.train, s.val, p.recover, s.device, s.cfg.run.seed, s.loss,
                   f"prune recover {i}/{n}", s.cfg.run.num_workers)
-    top1, heads = fit.best_top1, None
+    right, top1, heads = correct(student, s.val, s.device), fit.best_top1, None
     if p.refit_head:
-        top1, heads = _keep_best_head(student, fit.best_top1, refit_before, _with_refitted_head(student, s))
-    change = paired_difference(correct(student, s.val, s.device), s.right0)   # image by image
+        right, top1, heads = _keep_best_head(student, (right, fit.best_top1), refit_before,
+                                             _with_refitted_head(student, s))
+    change = paired_difference(right, s.right0)   # image by image
     student.cpu()
     return {"step": i, "macs": macs, "params": n_params, "macs_removed": round(1 - macs / s.macs0, 4),
             "params_removed": round(1 - n_params / s.params0, 4), "topped_up_to_target": topped_up,
@@ -82,17 +83,21 @@ def prune_step(i: int, n: int, ratio: float, student, pruner, s: StepSetup) -> d
 
 
 def _with_refitted_head(model, s: StepSetup) -> tuple:
-    """(val top-1, a copy of `model` whose classifier is a linear probe of its frozen features)."""
-    from pipeline.train.loop import evaluate
+    """(per-image val correctness, val top-1, a copy of `model` whose classifier is a linear probe
+    of its frozen features)."""
+    from pipeline.train.loop import correct, top1_of
     from pipeline.train.probe import linear_probe
     clone = copy.deepcopy(model)
     linear_probe(clone, s.calib, s.val, s.device, s.cfg.finetune.probe_l2, "pruned head")
-    return evaluate(clone, s.val, s.device)["top1"], clone
+    right = correct(clone, s.val, s.device)
+    return right, top1_of(right), clone
 
 
-def _keep_best_head(student, recovered: float, before: tuple, after: tuple) -> tuple[float, dict]:
+def _keep_best_head(student, recovered: tuple, before: tuple, after: tuple) -> tuple:
     """Load into `student` the best on val of: the recovered model, the pruned model with a head
-    refitted before recovery, the recovered model with a head refitted to its features.
+    refitted before recovery, the recovered model with a head refitted to its features. Each is
+    (per-image correctness, val top-1, model or None for `student` itself); returns the kept
+    one's correctness and top-1, and the record.
 
     Pruning leaves the old head reading features it was not trained on. Refitting it costs a probe
     (seconds); whether recovery should start from it depends on the data, measured: on flowers5
@@ -100,12 +105,13 @@ def _keep_best_head(student, recovered: float, before: tuple, after: tuple) -> t
     gives 79.4% and recovery epochs never beat either, while on digits (1,347 images, 29% removed)
     recovery from the old head reaches 99.6% and from the refitted one only 96.7%. So recovery
     keeps its own trajectory, and the refitted heads are candidates beside it."""
-    options = {"recovered": (recovered, None), "refit before recovery": before,
+    options = {"recovered": (*recovered, None), "refit before recovery": before,
                "refit after recovery": after}
-    kept = max(options, key=lambda k: options[k][0])      # ties keep the recovered model
-    if options[kept][1] is not None:
-        student.load_state_dict(options[kept][1].state_dict())
-    return options[kept][0], {"val_top1": {k: v[0] for k, v in options.items()}, "kept": kept}
+    kept = max(options, key=lambda k: options[k][1])      # ties keep the recovered model
+    right, top1, model = options[kept]
+    if model is not None:
+        student.load_state_dict(model.state_dict())
+    return right, top1, {"val_top1": {k: v[1] for k, v in options.items()}, "kept": kept}
 
 
 def compare(s: StepSetup, student, steps: list[dict], latency: dict, top1_0: float):
