@@ -175,7 +175,15 @@ class Finetune(Strict):
 
 
 class Distill(Strict):
-    student: str = "efficientnet_lite0"
+    student: str = Field("efficientnet_lite0", description="student backbone, or auto: the one of "
+                         "student_candidates with the fewest MACs whose frozen-feature probe on val "
+                         "is within student_within points of the teacher")
+    student_candidates: list[str] = Field(
+        default_factory=lambda: ["efficientnet_lite0", "efficientnet_lite1"], min_length=1,
+        description="student: auto tries these (pretrained); any with as many MACs as the "
+        "teacher is left out")
+    student_within: float = Field(1.0, ge=0, description="student: auto: points of val top-1 the "
+                                  "student's probe may lose against the teacher")
     weights: str = "pretrained"
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft (teacher) loss")
@@ -187,6 +195,13 @@ class Distill(Strict):
                                            "learnt from the teacher's soft targets only")
     compare_alone: bool = Field(True, description="also train the student alone, same budget")
     train: Train = Train()
+
+    @model_validator(mode="after")
+    def _auto_is_pretrained(self):
+        if self.student == "auto" and self.weights != "pretrained":
+            raise ValueError(f"distill.student: auto compares pretrained backbones; distill.weights "
+                             f"'{self.weights}' belongs to one of them: name that student instead")
+        return self
 
 
 class Prune(Strict):

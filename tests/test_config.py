@@ -18,7 +18,7 @@ def write(tmp_path, text):
 def test_defaults_validate_and_shipped_configs_load():
     assert load_config("configs/default.yaml").finetune.backbone == "efficientnet_lite2"
     cfg = load_config("configs/imagefolder.yaml")
-    assert cfg.finetune.input_size == 224 and cfg.distill.student == "efficientnet_lite0"
+    assert cfg.finetune.input_size == 224 and cfg.distill.student == "auto"
 
 
 def test_unknown_key_names_key_file_and_closest(tmp_path):

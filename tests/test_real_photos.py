@@ -83,3 +83,66 @@ def test_unlabelled_folder_adds_teacher_matched_batches(tmp_path):
     missing = _run(store, *base, f"distill.unlabelled_root={tmp_path / 'nowhere'}")
     assert missing.returncode == 7 and "Traceback" not in missing.stderr
     assert f"distill.unlabelled_root '{tmp_path / 'nowhere'}' is not a folder" in missing.stderr
+
+
+@pytest.mark.slow
+def test_student_auto_probes_the_cheapest_candidates_first(tmp_path):
+    """The rule, restated: candidates by MACs, any as costly as the teacher left out, the first
+    whose probe is within student_within of the teacher is the student (else the best probe)."""
+    store = tmp_path / "runs"
+    base = ("finetune.strategy=linear_probe", "finetune.negative_transfer_check=false",
+            "distill.compare_alone=false", "distill.student=auto")
+    done = _run(store, *base, "distill.student_candidates=[efficientnet_lite2, efficientnet_lite1, "
+                "efficientnet_lite0]", "distill.student_within=0")
+    assert done.returncode == 0, done.stderr[-3000:]
+    d = _metrics(store, "distill")
+    choice, teacher = d["student_choice"], d["teacher_top1"]
+    macs = [c["macs"] for c in choice["candidates"]]
+    assert [c["backbone"] for c in choice["candidates"]][-1] == "efficientnet_lite2" and macs == sorted(macs)
+    assert "not fewer than the teacher's" in choice["candidates"][-1]["left_out"]
+    probed = [c for c in choice["candidates"] if "probe_val_top1" in c]
+    within = [c for c in probed if c["probe_val_top1"] >= teacher]
+    expected = within[0] if within else max(probed, key=lambda c: c["probe_val_top1"])
+    assert choice["chosen"] == expected["backbone"] == d["student"]["backbone"]
+    assert probed[-1] is expected or not within        # nothing probed after the one chosen
+    assert all("not probed" in c["left_out"] for c in choice["candidates"][len(probed):-1])
+    assert f"student auto chose {expected['backbone']}" in done.stderr
+    assert d["history"]["distilled"][0]["val_top1"] == expected["probe_val_top1"]   # its probe reused
+
+    generous = _run(store, *base, "distill.student_within=100")        # the cheapest is always within
+    assert generous.returncode == 0, generous.stderr[-3000:]
+    [m] = [_metrics_of(p) for p in (store / "distill").glob("*/manifest.json")
+           if _metrics_of(p)["student_choice"]["within"] == 100]
+    assert m["student_choice"]["chosen"] == "efficientnet_lite0"
+    assert [c["backbone"] for c in m["student_choice"]["candidates"] if "probe_val_top1" in c] == [
+        "efficientnet_lite0"]
+
+    costly = _run(store, *base, "distill.student_candidates=[efficientnet_lite2]")
+    assert costly.returncode == 2 and "Traceback" not in costly.stderr
+    assert "none has fewer MACs than the teacher" in costly.stderr
+    checkpoint = _run(store, *base, "distill.weights=/tmp/student.safetensors")
+    assert checkpoint.returncode == 2 and "name that student instead" in checkpoint.stderr
+
+
+def _metrics_of(manifest: Path) -> dict:
+    return json.loads(manifest.read_text())["metrics"]
+
+
+def test_student_auto_without_a_candidate_within_takes_the_best_probe_and_warns(caplog):
+    import torch
+
+    from pipeline.config_load import load_config
+    from pipeline.data import load_splits
+    from pipeline.models.registry import ModelSpec, model_preprocessing
+    from pipeline.train.student_choice import choose_student
+    cfg = load_config(REPO / "configs" / "imagefolder.yaml", [f"data.root={PHOTOS}"])
+    splits = load_splits(cfg.data, 0)
+    teacher_pre = model_preprocessing(ModelSpec("efficientnet_lite2", 3), splits.classes, 64, 0.875)
+    args = (cfg.distill, splits, teacher_pre)
+    unreachable = choose_student(*args, 101.0, 10**12, torch.device("cpu"), [0.1])
+    scores = {c["backbone"]: c["probe_val_top1"] for c in unreachable.record["candidates"]}
+    assert list(scores) == ["efficientnet_lite0", "efficientnet_lite1"]          # both probed
+    assert unreachable.name == max(scores, key=scores.get) and unreachable.probe.val_top1 == scores[unreachable.name]
+    assert "no candidate's probe is within 1 points of the teacher (101.00%)" in caplog.text
+    cheapest = choose_student(*args, 0.0, 10**12, torch.device("cpu"), [0.1])
+    assert cheapest.name == "efficientnet_lite0" and "not probed" in cheapest.record["candidates"][1]["left_out"]

@@ -156,7 +156,11 @@ def test_upstream_warnings_and_summaries_are_read_by_key():
             "pretrained_top1": 95.0, "scratch_top1": 97.0, "negative_transfer": True, "warning": warning}}),
         "distill": manifest("distill", {"val_top1": 96.0, "student_alone_top1": 96.5,
                                         "distill_gain_points": -0.5, "distill_gain": gain,
-                                        "teacher_gap": gap}),
+                                        "teacher_gap": gap, "student_choice": {
+                                            "chosen": "efficientnet_lite1", "reason": "the fewest MACs ...",
+                                            "candidates": [{"backbone": "efficientnet_lite0", "probe_val_top1": 88.0},
+                                                           {"backbone": "efficientnet_lite1", "probe_val_top1": 92.0},
+                                                           {"backbone": "efficientnet_lite2", "left_out": "..."}]}}),
         "prune": manifest("prune", {"mode": "ratio", "summary": {"macs_removed": 0.5}, "after": {"val_top1": 95.5}}),
         "quantize": manifest("quantize", {"int8_top1": 95.1, "float_layers": ["conv_head"], "steps": [{}]}),
     })
@@ -166,6 +170,9 @@ def test_upstream_warnings_and_summaries_are_read_by_key():
     assert (f"(-0.50 points [95% CI {gain['low']:+.1f}, {gain['high']:+.1f}] on 200 val images, within "
             "the noise (0 images right only for distilled, 1 only for alone))") in line
     assert f"(distilled {gap['points']:+.2f} points [95% CI" in line and "2 only for the teacher)" in line
+    [line] = [x for x in _notes(notes) if x.startswith("- Student")]
+    assert line == ("- Student: auto chose efficientnet_lite1 because the fewest MACs ...; frozen-feature "
+                    "probes on val: efficientnet_lite0 88.00%, efficientnet_lite1 92.00%.")
     assert notes["prune"]["macs_removed"] == 0.5 and notes["prune"]["val_top1_after"] == 95.5
     assert notes["quantize"] == {"int8_top1": 95.1, "float_layers": ["conv_head"]}
     assert upstream_notes({}) == {"warnings": []}

@@ -70,6 +70,12 @@ def _notes(up: dict) -> list[str]:
                    f"{tables.num(nt.get('scratch_top1'))}% at equal training time{budget} "
                    f"({'NEGATIVE TRANSFER' if nt.get('negative_transfer') else 'pretraining helps'}).")
     ds = up.get("distill") or {}
+    choice = ds.get("student_choice")
+    if choice:
+        probed = ", ".join(f"{c['backbone']} {tables.num(c['probe_val_top1'])}%"
+                           for c in choice.get("candidates") or [] if "probe_val_top1" in c)
+        out.append(f"- Student: auto chose {choice.get('chosen')} because {choice.get('reason')}; "
+                   f"frozen-feature probes on val: {probed or 'none'}.")
     if ds.get("student_alone_top1") is not None:
         gain = (describe(ds["distill_gain"], "distilled", "alone") if ds.get("distill_gain")
                 else f"{tables.num(ds.get('distill_gain_points'), signed=True)} points")

@@ -60,6 +60,9 @@ def upstream_notes(inputs: dict[str, Manifest]) -> dict:
                             "distill_gain": m.get("distill_gain"), "teacher_gap": m.get("teacher_gap"),
                             "teacher_top1": m.get("teacher_top1"),
                             "student": _num(m, "student", "backbone")}
+        choice = m.get("student_choice")
+        if isinstance(choice, dict):
+            notes["distill"]["student_choice"] = {k: choice.get(k) for k in ("chosen", "reason", "candidates")}
         gain = m.get("distill_gain_points")
         if isinstance(gain, (int, float)) and gain < 0:
             notes["warnings"].append(

@@ -2,6 +2,7 @@
 
 The same run also trains the student alone with the same budget and seed, so the manifest says
 what distillation bought, next to the teacher's accuracy and both models' size and MACs.
+`distill.student: auto` first picks the student from frozen-feature probes (train/student_choice.py).
 """
 from __future__ import annotations
 
@@ -66,18 +67,25 @@ def run(ctx: Context) -> Result:
     device = setup_torch(cfg)
     upstream = ctx.input("finetune")
     teacher, teacher_pre = load_model(upstream)
+    teacher_macs = count_macs(teacher, teacher_pre)
     teacher = teacher.to(device, memory_format=torch.channels_last).eval()   # NHWC: faster on CPU and GPU
     splits = load_splits(cfg.data, cfg.run.seed)
     if list(teacher_pre.labels) != list(splits.classes):
         raise DataError(f"the finetune teacher predicts {list(teacher_pre.labels)} but the data has "
                         f"classes {splits.classes}; re-run finetune on this data (make finetune)")
-    spec = ModelSpec(d.student, len(splits.classes), d.drop_rate)
+    teacher_right = correct(teacher, TorchImageSet(splits.val, teacher_pre, None), device)
+    choice, student_name = None, d.student
+    if d.student == "auto":
+        from pipeline.train.student_choice import choose_student
+        choice = choose_student(d, splits, teacher_pre, top1_of(teacher_right), teacher_macs, device,
+                                cfg.finetune.probe_l2)
+        student_name = choice.name
+    spec = ModelSpec(student_name, len(splits.classes), d.drop_rate)
     pre = model_preprocessing(spec, splits.classes, teacher_pre.input_size, teacher_pre.crop_pct)
     augmented = augmentation_on(d.train.augment)
     train_set = TorchImageSet(splits.train, pre, d.train.augment if augmented else None, cfg.run.seed)
     val_set = TorchImageSet(splits.val, pre, None, cfg.run.seed)
 
-    teacher_right = correct(teacher, TorchImageSet(splits.val, teacher_pre, None), device)
     cache = TeacherLogitCache(ctx.store_root)
     cached = None
     if not augmented:   # fixed pixels per sample: one teacher pass, reused every epoch and run
@@ -96,8 +104,8 @@ def run(ctx: Context) -> Result:
     loss = DistillLoss(teacher, cached, Renormalize(pre, teacher_pre, device), d.temperature, d.alpha,
                        d.train.label_smoothing, unlabelled)
 
-    probe = None
-    if d.probe_init:     # one probe of the pretrained student's features serves both students
+    probe = choice.probe if choice and d.probe_init else None
+    if d.probe_init and probe is None:   # one probe of the pretrained student's features serves both
         from pipeline.models.registry import build_model
         from pipeline.train.probe import linear_probe
         probe_train = TorchImageSet(splits.train, pre, None, cfg.run.seed)
@@ -122,10 +130,11 @@ def run(ctx: Context) -> Result:
                "student_alone_top1": alone.best_top1 if alone else None,
                "distill_gain_points": round(result.best_top1 - alone.best_top1, 4) if alone else None,
                "distill_gain": gain, "teacher_gap": gap,
-               "student": {"backbone": d.student, "params": count_params(student),
+               "student": {"backbone": student_name, "params": count_params(student),
                            "macs": count_macs(student.cpu(), pre)},
+               "student_choice": choice.record if choice else None,
                "teacher": {"backbone": upstream.outputs["model"].metadata["spec"]["name"],
-                           "params": count_params(teacher), "macs": count_macs(teacher.cpu(), teacher_pre)},
+                           "params": count_params(teacher), "macs": teacher_macs},
                "history": {"distilled": result.history, "alone": alone.history if alone else None},
                "train_seconds": {"distilled": round(result.seconds, 2),
                                  "alone": round(alone.seconds, 2) if alone else None},
