@@ -71,4 +71,4 @@ def choose_student(d, splits, teacher_pre, teacher_top1: float, teacher_macs: in
                        "distill.student_candidates or raise distill.student_within")
     logger.info(f"  distill: student auto chose {chosen}: {reason}")
     return StudentChoice(chosen, probes[chosen], {"chosen": chosen, "reason": reason, "candidates": record,
-                                                  "within": d.student_within, "teacher_top1": teacher_top1})
+                                                  "within": d.student_within})
