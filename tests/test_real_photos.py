@@ -24,9 +24,13 @@ def _run(store: Path, *sets: str, stage: str = "distill") -> subprocess.Complete
     return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
+def _all_metrics(store: Path, stage: str) -> list[dict]:
+    return [json.loads(p.read_text())["metrics"] for p in (store / stage).glob("*/manifest.json")]
+
+
 def _metrics(store: Path, stage: str) -> dict:
-    [path] = list((store / stage).glob("*/manifest.json"))
-    return json.loads(path.read_text())["metrics"]
+    [metrics] = _all_metrics(store, stage)
+    return metrics
 
 
 def test_fixture_credits_every_photo():
@@ -111,8 +115,7 @@ def test_student_auto_probes_the_cheapest_candidates_first(tmp_path):
 
     generous = _run(store, *base, "distill.student_within=100")        # the cheapest is always within
     assert generous.returncode == 0, generous.stderr[-3000:]
-    [m] = [_metrics_of(p) for p in (store / "distill").glob("*/manifest.json")
-           if _metrics_of(p)["student_choice"]["within"] == 100]
+    [m] = [m for m in _all_metrics(store, "distill") if m["student_choice"]["within"] == 100]
     assert m["student_choice"]["chosen"] == "efficientnet_lite0"
     assert [c["backbone"] for c in m["student_choice"]["candidates"] if "probe_val_top1" in c] == [
         "efficientnet_lite0"]
@@ -122,10 +125,6 @@ def test_student_auto_probes_the_cheapest_candidates_first(tmp_path):
     assert "none has fewer MACs than the teacher" in costly.stderr
     checkpoint = _run(store, *base, "distill.weights=/tmp/student.safetensors")
     assert checkpoint.returncode == 2 and "name that student instead" in checkpoint.stderr
-
-
-def _metrics_of(manifest: Path) -> dict:
-    return json.loads(manifest.read_text())["metrics"]
 
 
 def test_student_auto_without_a_candidate_within_takes_the_best_probe_and_warns(caplog):

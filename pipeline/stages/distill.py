@@ -55,6 +55,16 @@ def _train_student(cfg: Config, spec, train_set, val_set, device, loss_fn, desc:
     return model, result
 
 
+def _probe_student(cfg: Config, spec, splits, pre, val_set, device):
+    """A linear probe of the pretrained student's frozen features (student auto has one already)."""
+    from pipeline.data.torch_dataset import TorchImageSet
+    from pipeline.models.registry import build_model
+    from pipeline.train.probe import linear_probe
+    train = TorchImageSet(splits.train, pre, None, cfg.run.seed)
+    return linear_probe(build_model(spec, cfg.distill.weights), train, val_set, device,
+                        cfg.finetune.probe_l2, "student")
+
+
 def run(ctx: Context) -> Result:
     import torch
     from pipeline.data import DataError, load_splits
@@ -104,13 +114,9 @@ def run(ctx: Context) -> Result:
     loss = DistillLoss(teacher, cached, Renormalize(pre, teacher_pre, device), d.temperature, d.alpha,
                        d.train.label_smoothing, unlabelled)
 
-    probe = choice.probe if choice and d.probe_init else None
-    if d.probe_init and probe is None:   # one probe of the pretrained student's features serves both
-        from pipeline.models.registry import build_model
-        from pipeline.train.probe import linear_probe
-        probe_train = TorchImageSet(splits.train, pre, None, cfg.run.seed)
-        probe = linear_probe(build_model(spec, d.weights), probe_train, val_set, device,
-                             cfg.finetune.probe_l2, "student")
+    probe = None
+    if d.probe_init:     # one probe of the pretrained student's features serves both students
+        probe = choice.probe if choice else _probe_student(cfg, spec, splits, pre, val_set, device)
     alone = None
     if d.compare_alone:
         alone_model, alone = _train_student(cfg, spec, train_set, val_set, device, None,

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from runtimes import errors
+
+if TYPE_CHECKING:
+    from pipeline.train.probe import ProbeResult
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +23,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class StudentChoice:
     name: str
-    probe: object          # the chosen student's ProbeResult, reused as its probe_init
+    probe: "ProbeResult"   # the chosen student's probe, reused as its probe_init
     record: dict           # for the manifest and the report
 
 
