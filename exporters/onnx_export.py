@@ -105,8 +105,10 @@ def check_preprocessing_matches(onnx_path: Path, spec: ExportSpec) -> None:
 
 
 def parity_against_onnx(onnx_path: Path, out_fn: RunFn, spec: ExportSpec, artifact: Path) -> ParityResult:
-    """Check a converted artifact against its source ONNX run in ONNX Runtime (CPU)."""
-    return check_export(open_model(onnx_path, "onnx").run, out_fn, spec.parity_batches(), spec.precision,
+    """Check a converted artifact against its source ONNX run in ONNX Runtime (CPU); an INT8
+    artifact against the FP32 ONNX its source was quantized from, when the spec names it."""
+    reference = spec.reference if spec.precision is Precision.INT8 and spec.reference else onnx_path
+    return check_export(open_model(reference, "onnx").run, out_fn, spec.parity_batches(), spec.precision,
                         artifact=str(artifact))
 
 

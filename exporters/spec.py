@@ -52,6 +52,10 @@ class ExportSpec:
     name: str = "model"          # file stem for in-memory sources (torch); file sources keep their stem
     check_inputs: list[np.ndarray] | None = field(default=None, repr=False, compare=False)
     check_seed: int = 0
+    # The FP32 ONNX an INT8 source was quantized from. An INT8 artifact is checked against it
+    # (what INT8 must preserve), not against another runtime's INT8 rounding of the same Q/DQ
+    # file: without VNNI, two correct runtimes round some near-ties differently.
+    reference: Path | None = None
     # TensorRT builder options.
     optimization_level: int = 3
     workspace_mb: int = 1024

@@ -262,14 +262,26 @@ class QuantScheme(str, Enum):
     s8s8 = "s8s8"                        # zero-point-0 activations: what TensorRT accepts
 
 
+class PTQVariant(str, Enum):
+    """Other ways of quantizing, tried when plain PTQ misses the budget (exporters.quant_variants)."""
+    percentile = "percentile"                      # calibration ranges at the 99.999th percentile
+    entropy = "entropy"                            # calibration ranges by KL divergence
+    nncf_bias_correction = "nncf_bias_correction"  # NNCF's PTQ with bias correction (needs nncf)
+
+
 class Quantize(Strict):
     method: QuantMethod = QuantMethod.onnxruntime
     scheme: QuantScheme = QuantScheme.auto
     calibration: Calibration = Calibration()
     per_channel: bool = True
     max_accuracy_drop: float = Field(1.0, ge=0, description="points of val top-1")
+    variants: list[PTQVariant] = Field(
+        default_factory=lambda: list(PTQVariant),
+        description="PTQ variants tried when plain PTQ misses max_accuracy_drop, chosen by agreement "
+                    "with FP32 on augmented training views ([] to skip)")
+    selection_views: int = Field(256, ge=1, description="augmented training views that choose among the variants")
     max_float_layers: int = Field(10, ge=0, description="most layers the accuracy search keeps in float")
-    sensitivity_samples: int = Field(64, ge=1, description="val images the sensitivity pass compares on")
+    sensitivity_samples: int = Field(256, ge=1, description="val images the layer ranking looks for flips in")
 
 
 class TensorRT(Strict):

@@ -14,8 +14,7 @@ from runtimes import errors
 # Every module that defines a project error: imported so that walking the hierarchy finds them all.
 MODULES = ("pipeline.config_load", "pipeline.store", "pipeline.data.imageset", "pipeline.models.registry",
            "pipeline.prune.structured", "pipeline.prune.latency", "pipeline.prune.budget",
-           "pipeline.stages.check", "exporters", "exporters.spec", "exporters.parity", "exporters.bundle",
-           "exporters.quant_sensitivity")
+           "pipeline.stages.check", "exporters", "exporters.spec", "exporters.parity", "exporters.bundle")
 
 
 def _subclasses(cls: type) -> list[type]:
@@ -40,7 +39,7 @@ def test_the_walk_finds_every_project_error():
     names = {c.__name__ for c in ALL_ERRORS}
     assert {"ConfigError", "DataError", "ModelError", "PruneError", "LatencyUnsupported", "BudgetNotMet",
             "StoreLocked", "BudgetFailed", "UnknownExportEdge", "ExportError", "ExportUnavailable",
-            "ParityError", "BundleError", "QuantizationBudgetError", "StageFailed", "Unavailable"} <= names
+            "ParityError", "BundleError", "StageFailed", "Unavailable"} <= names
 
 
 @pytest.mark.parametrize("cls", ALL_ERRORS, ids=lambda c: f"{c.__module__}.{c.__qualname__}")

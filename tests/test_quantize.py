@@ -19,7 +19,7 @@ from PIL import Image
 from calibration.preprocess import Preprocessing
 from calibration.source import CalibrationSource
 from exporters.onnx_int8 import QuantScheme, choose_scheme, quantize_onnx
-from exporters.quant_sensitivity import QuantizationBudgetError, accuracy_aware_quantize
+from exporters.quant_search import accuracy_aware_quantize, format_table
 from runtimes.environment import cpu_has_vnni
 
 torch = pytest.importorskip("torch")
@@ -143,8 +143,12 @@ def world(tmp_path_factory):
     }
 
 
+def correct(world, path) -> np.ndarray:
+    return run(path, world["x_test"]).argmax(1) == world["y_test"]
+
+
 def top1(world, path) -> float:
-    return 100.0 * float(np.mean(run(path, world["x_test"]).argmax(1) == world["y_test"]))
+    return 100.0 * float(np.mean(correct(world, path)))
 
 
 def agreement(world, a, b) -> float:
@@ -276,7 +280,7 @@ _RUNS = itertools.count()
 def _search(world, model: str, max_drop: float, quantize_fn=quantize_onnx, **kw):
     return accuracy_aware_quantize(
         world["paths"][model], world["tmp"] / f"search-{next(_RUNS)}", world["source"],
-        evaluate=lambda p: top1(world, p), max_drop=max_drop,
+        evaluate=lambda p: correct(world, p), max_drop=max_drop,
         quantize_fn=quantize_fn, sensitivity_inputs=world["sens_inputs"], **kw,
     )
 
@@ -284,6 +288,7 @@ def _search(world, model: str, max_drop: float, quantize_fn=quantize_onnx, **kw)
 def test_within_budget_keeps_everything_quantized(world):
     path, report = _search(world, "plain", max_drop=3.0)
     assert report["excluded"] == [] and report["steps"] == [] and report["final_drop"] <= 3.0
+    assert report["within_budget"] is True and report["chosen"] == "plain PTQ" and len(report["tried"]) == 1
     assert path.name == "model_int8.onnx" and [p.name for p in path.parent.iterdir()] == ["model_int8.onnx"]
 
 
@@ -293,16 +298,26 @@ def test_hostile_layer_is_found_and_kept_in_float(world, scheme):
     path, report = _search(world, "hostile1", max_drop=2.0, quantize_fn=functools.partial(quantize_onnx, scheme=scheme))
     assert report["quantizer"]["scheme"] == scheme
     assert report["fp32_accuracy"] - report["int8_accuracy"] > 30.0  # int8 really destroys it
-    assert report["excluded"] == [hostile]
-    assert max(report["sensitivity"], key=lambda n: report["sensitivity"][n]["sensitivity"]) == hostile
+    assert report["excluded"] == [hostile] and report["within_budget"] is True
+    first = report["ranking"][0]
+    assert first["layers"][0]["layer"] == hostile and first["layers"][0]["recovered"] > 0
+    assert all(entry["recovered"] <= first["layers"][0]["recovered"] for entry in first["layers"])
     assert report["final_drop"] <= 2.0 and report["quantizer"]["float_layers"] == [hostile]
     assert top1(world, path) == pytest.approx(report["final_accuracy"])
+
+
+def test_layers_are_named_by_their_torch_module(world):
+    (hostile,) = hostile_node_names(world["paths"]["hostile1"])
+    _, report = _search(world, "hostile1", max_drop=2.0)
+    # tiny_cnn is an nn.Sequential: the second conv is its module "2"
+    assert report["modules"] == {hostile: "2"} and report["steps"][0]["module"] == "2"
+    assert f"{hostile:<28} {'2':<34}" in format_table(report)
 
 
 def test_proxy_preselection_keeps_the_hostile_layer(world):
     (hostile,) = hostile_node_names(world["paths"]["hostile1"])
     _, report = _search(world, "hostile1", max_drop=2.0, max_candidates=2)
-    assert report["candidates_by_proxy"] is True and len(report["sensitivity"]) == 2
+    assert report["candidates_by_proxy"] is True and len(report["ranking"][0]["layers"]) == 2
     assert report["excluded"] == [hostile]
 
 
@@ -313,26 +328,52 @@ def test_nncf_search_keeps_the_hostile_layer_in_float(world):
     (hostile,) = hostile_node_names(world["paths"]["hostile1"])
     _, report = accuracy_aware_quantize(
         world["paths"]["hostile1"], world["tmp"] / "search-nncf", world["source"],
-        evaluate=lambda p: top1(world, p), max_drop=2.0,
+        evaluate=lambda p: correct(world, p), max_drop=2.0,
         quantize_fn=quantize_onnx_nncf, sensitivity_inputs=world["sens_inputs"],
     )
     assert report["excluded"] == [hostile] and report["quantizer"]["quantizer"] == "nncf"
     assert report["final_drop"] <= 2.0
 
 
-def test_budget_error_lists_the_tried_layers(world):
+def test_missed_budget_keeps_the_best_file_and_says_why(world):
     hostile = hostile_node_names(world["paths"]["hostile2"])
-    with pytest.raises(QuantizationBudgetError) as err:
-        _search(world, "hostile2", max_drop=2.0, max_excluded=1)
-    message = str(err.value)
-    assert "INT8 top-1 drop stays above max_drop 2.00 points" in message
-    assert "Raise max_drop or max_excluded (now 1)" in message
-    (step,) = err.value.report["steps"]
-    assert step["layer"] in hostile and step["layer"] in message and "top-1 after" in message
-    assert f"{step['accuracy']:.2f}%" in message
+    path, report = _search(world, "hostile2", max_drop=2.0, max_excluded=1)
+    assert report["within_budget"] is False and path.is_file()
+    (step,) = report["steps"]
+    assert step["layer"] in hostile
+    best = max(t["accuracy"] for t in report["tried"])
+    assert report["final_accuracy"] == best == pytest.approx(top1(world, path))
+    assert "no INT8 file tried is within max_drop 2 points" in report["miss"]
+    assert f"{best:.2f}%" in report["miss"]
 
+    # Re-ranked after the first revert, the second hostile layer is found too.
     _, report = _search(world, "hostile2", max_drop=2.0, max_excluded=2)
-    assert set(report["excluded"]) == hostile
+    assert set(report["excluded"]) == hostile and report["within_budget"] is True
+    assert len(report["ranking"]) == 2
+
+
+def test_variants_are_chosen_without_val_and_each_is_recorded(world):
+    variants = {"onnxruntime percentile": functools.partial(quantize_onnx, method="percentile"),
+                "broken": functools.partial(quantize_onnx, method="no-such-method")}
+    selection = world["sens_inputs"]
+    seen = []
+
+    def evaluate(p):
+        seen.append(p.name)
+        return correct(world, p)
+
+    _, report = accuracy_aware_quantize(
+        world["paths"]["hostile1"], world["tmp"] / f"search-{next(_RUNS)}", world["source"], evaluate,
+        max_drop=2.0, quantize_fn=quantize_onnx, sensitivity_inputs=selection, variants=variants,
+        selection_inputs=lambda: selection)
+    table = report["variants"]
+    assert "error" in table["broken"] and "no-such-method" in table["broken"]["error"]
+    scored = {k: v for k, v in table.items() if "error" not in v}
+    assert set(scored) == {"plain PTQ", "onnxruntime percentile"}
+    chosen = [k for k, v in scored.items() if v["chosen"]]
+    best = max(scored, key=lambda k: (scored[k]["agreement"], -scored[k]["kl"]))
+    assert chosen == [best] == [report["variant_chosen"]]
+    assert all(0 <= v["agreement"] <= 1 and v["images"] == len(selection) for v in scored.values())
 
 
 def test_negative_budget_is_refused(world):

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from pipeline.config import Check
-from runtimes import formats
+from pipeline.measure.artifacts import held_back, shippable as deployable
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 
@@ -43,6 +43,8 @@ class Verdict:
         """One line: the budget, the measured value and the limit, and what was measured."""
         op = ">=" if self.kind == "min" else "<="
         digits = 2 if self.unit in ("%", "points", "x") else 3
+        if not self.unit:  # a finding, not a budget: nothing to compare with a limit
+            return f"{self.status.upper():<4} {self.name}: {self.note}"
         if self.measured is None:
             return f"{self.status.upper():<4} {self.name}: {self.note} (limit {op} {self.limit:.{digits}f} {self.unit})"
         line = (f"{self.status.upper():<4} {self.name}: measured {self.measured:.{digits}f} {self.unit}, "
@@ -74,7 +76,7 @@ def _fastest_shippable(report: dict, runtime: str, device: str) -> tuple[dict | 
         return None, rows, ""
     batch = h.get("batch", min(r["batch"] for r in ok))
     ok = [r for r in ok if r["batch"] == batch] or ok
-    shippable = [r for r in ok if formats.get(r["format"]).deployable] or ok
+    shippable = [r for r in ok if deployable(r)] or [r for r in ok if not r.get("not_deployable")] or ok
     teacher = h.get("teacher_accuracy")
     tolerance = report["settings"].get("deploy_tolerance", 1.0)
     within = [r for r in shippable if teacher is None or r["accuracy"] >= teacher - tolerance]
@@ -138,11 +140,20 @@ def evaluate(report: dict, check: Check) -> list[Verdict]:
         out.append(_p90_budget(report, name, key, limit, "x", lambda row: row["p90_ms"] / teacher["p90_ms"],
                                f"teacher {teacher['id']} p90 {teacher['p90_ms']:.3f} ms"))
     out += required_targets(report)
+    out += not_shipped(report)
     if check.max_size_mb is not None:
         out.append(_judge("max_size_mb", deployed["size_bytes"] / 1e6, check.max_size_mb, "MB", "max",
                           deployed["id"])
                    if deployed else Verdict("max_size_mb", FAIL, check.max_size_mb, "MB", "max", note=missing))
     return out
+
+
+def not_shipped(report: dict) -> list[Verdict]:
+    """One line per artifact that was built or tried but must not ship (an INT8 file outside
+    quantize.max_accuracy_drop, an export that failed its parity check), with why. These are not
+    budgets: they never fail the gate by themselves; the budgets judge what was shipped."""
+    why = held_back(report["rows"])
+    return [Verdict(f"not_shipped[{name}]", SKIP, 0.0, "", "max", note=reason) for name, reason in why.items()]
 
 
 def required_targets(report: dict) -> list[Verdict]:

@@ -33,7 +33,20 @@ class Candidate:
     reference: str | None = None  # the FP32 torch model it is compared with (agreement)
     preprocessing: Preprocessing | None = None
     unavailable: str | None = None  # why it was not built
+    failed: str | None = None       # why its export failed (e.g. its parity check)
+    not_deployable: str | None = None  # why it is measured but must not ship (INT8 outside its budget)
     manifest: Manifest | None = field(default=None, compare=False, repr=False)
+
+
+def shippable(row: dict) -> bool:
+    """Whether a benchmark row's artifact may be deployed: an exported format, and not held back
+    (an INT8 file outside quantize.max_accuracy_drop is measured and shown, never shipped)."""
+    return formats.get(row["format"]).deployable and not row.get("not_deployable")
+
+
+def held_back(rows: list[dict]) -> dict[str, str]:
+    """Artifacts measured but not to be shipped, with why."""
+    return {r["artifact"]: r["not_deployable"] for r in rows if r.get("not_deployable")}
 
 
 def artifact_file(manifest: Manifest, name: str) -> Path:
@@ -112,10 +125,16 @@ def candidates(inputs: dict[str, Manifest]) -> list[Candidate]:
             stage = "quantize" if name in quantized else m.stage
             pre = art.preprocessing if "preprocessing" in art.metadata else None
             out.append(Candidate(name, stage, name, art.format, _precision(art.metadata, name),
-                                 artifact_file(m, name), art.sha256, ref, pre, manifest=m))
+                                 artifact_file(m, name), art.sha256, ref, pre, manifest=m,
+                                 not_deployable=art.metadata.get("not_deployable")))
     if export is not None:
         for name, reason in sorted((export.metrics.get("unavailable") or {}).items()):
             if name not in seen:
                 out.append(Candidate(name, "export", name, _format_of_name(name),
                                      _precision({}, name), None, "", ref, unavailable=str(reason)))
+        for name, reason in sorted((export.metrics.get("failed") or {}).items()):
+            if name not in seen:
+                out.append(Candidate(name, "export", name, _format_of_name(name),
+                                     _precision({}, name), None, "", ref, failed=str(reason),
+                                     not_deployable=f"failed at export: {reason}"))
     return out

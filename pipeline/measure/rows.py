@@ -110,7 +110,7 @@ def _base(cand: Candidate, target: Target, batch: int | None, threads: int) -> d
             "runtime_version": runtimes.get(target.runtime).version(), "device": target.device,
             "batch": batch, "threads": threads, "sha256": cand.sha256,
             "size_bytes": formats.get(cand.format).size_bytes(cand.path) if cand.path else None,
-            "reference": cand.reference}
+            "reference": cand.reference, "not_deployable": cand.not_deployable}
 
 
 def not_measured(cand: Candidate, target: Target, batch: int | None, threads: int, status: str,
@@ -222,6 +222,10 @@ def build_rows(inputs: dict[str, Manifest], cfg: Config, log=_log) -> list[dict]
     from runtimes.progress import progress
     for cand in progress(cands, desc="benchmark", unit="artifacts", log=_logger):
         for target in targets_for(cand.format, bench):
+            if cand.failed:
+                rows.append(not_measured(cand, target, None, bench.threads, "failed", cand.failed))
+                log(f"{rows[-1]['id']:<40} FAILED at export: {cand.failed}")
+                continue
             reason = cand.unavailable or target.unavailable
             if reason:
                 rows.append(not_measured(cand, target, None, bench.threads, "unavailable", reason))

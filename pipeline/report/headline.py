@@ -13,10 +13,9 @@ benchmark run on one machine, so the speed-up is measured, never combined across
 from __future__ import annotations
 
 from pipeline.measure.accuracy_interval import interval_text
-from pipeline.measure.artifacts import TEACHER
+from pipeline.measure.artifacts import TEACHER, held_back, shippable
 from pipeline.measure.targets import device_family, is_eager, is_reference
 from pipeline.report.claims import pick_deployed, speedup
-from runtimes import formats
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -34,8 +33,8 @@ def deployed_candidates(rows: list[dict], target: str, batch: int) -> list[dict]
     """Measured rows on the target at `batch` that could be shipped (exported artifacts first)."""
     here = [r for r in rows if r["status"] == "ok" and device_family(r["device"]) == target
             and r["batch"] == batch]
-    deployable = [r for r in here if formats.get(r["format"]).deployable]
-    return deployable or [r for r in here if r["artifact"] != TEACHER]
+    deployable = [r for r in here if shippable(r)]
+    return deployable or [r for r in here if r["artifact"] != TEACHER and not r.get("not_deployable")]
 
 
 def headline(rows: list[dict], target: str = "cpu", tolerance: float = 1.0,
@@ -77,6 +76,7 @@ def headline(rows: list[dict], target: str = "cpu", tolerance: float = 1.0,
                                 if teacher["size_bytes"] is not None and deployed["size_bytes"] is not None
                                 else None)
     out["size_ratio"] = _ratio(teacher["size_bytes"], deployed["size_bytes"])
+    out["not_shipped"] = held_back(rows)
     out["text"] = headline_text(out)
     return out
 
@@ -130,7 +130,14 @@ def headline_text(h: dict) -> str:
             f"vs {h['teacher_p90_ms']:.3f} ms) and {h['speedup_p50']:.1f}x at p50 than the fine-tuned "
             f"teacher in PyTorch eager FP32 on {h['target']}, measured in the same run; val top-1 "
             f"{h['deployed_accuracy']:.2f}% vs {h['teacher_accuracy']:.2f}% "
-            f"({accuracy_change_text(h)}).{size}{miss}{_tie(h)}")
+            f"({accuracy_change_text(h)}).{size}{miss}{_tie(h)}{not_shipped_text(h)}")
+
+
+def not_shipped_text(h: dict) -> str:
+    """" onnx_int8, openvino_int8 were measured but not shipped: <why>." (empty when none)."""
+    held = h.get("not_shipped") or {}
+    return "".join(f" {', '.join(sorted(n for n in held if held[n] == why))} measured but not shipped: {why}."
+                   for why in sorted(set(held.values())))
 
 
 def accuracy_change_text(h: dict) -> str:

@@ -86,8 +86,16 @@ def upstream_notes(inputs: dict[str, Manifest]) -> dict:
     if qz is not None:
         m = qz.metrics
         notes["quantize"] = {**_scalars(m), **{k: v for k, v in m.items()
-                                               if "exclud" in k or "float" in k or "fallback" in k}}
+                                               if "exclud" in k or "float" in k or "fallback" in k},
+                             "budget": m.get("budget"), "variants": m.get("variants"), "tried": m.get("tried")}
+        if m.get("within_budget") is False:
+            notes["warnings"].append(f"INT8 not shipped: {(m.get('budget') or {}).get('text')}.")
     ex = inputs.get("export")
     if ex is not None:
-        notes["export"] = {"built": sorted(ex.outputs), "unavailable": ex.metrics.get("unavailable") or {}}
+        failed = ex.metrics.get("failed") or {}
+        notes["export"] = {"built": sorted(ex.outputs), "unavailable": ex.metrics.get("unavailable") or {},
+                           "failed": failed, "int8_across_runtimes": ex.metrics.get("int8_across_runtimes"),
+                           "int8_vs_fp32": ex.metrics.get("int8_vs_fp32")}
+        notes["warnings"].extend(f"{name} failed at export and is not shipped: {why}"
+                                 for name, why in sorted(failed.items()))
     return notes
