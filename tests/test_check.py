@@ -93,6 +93,26 @@ def test_each_budget_reports_what_it_measured(run):
     assert "is not 'runtime/device'" in by["max_p90_ms[nonsense]"].message
 
 
+def test_an_artifact_not_shipped_is_said_and_never_fails_the_gate(run):
+    import copy
+
+    from pipeline.config import Check
+    from pipeline.report.headline import headline
+    report = copy.deepcopy(run["report"])
+    why = "INT8 (plain PTQ) 90.00% vs FP32 92.00%: outside quantize.max_accuracy_drop 1 points"
+    for r in report["rows"]:
+        if r["precision"] == "int8":
+            r["not_deployable"] = why
+    report["headline"] = headline(report["rows"], "cpu", report["settings"]["deploy_tolerance"])
+    by = {v.name: v for v in evaluate(report, Check(max_p90_ms={"onnxruntime/cpu": 1000.0}))}
+    int8 = sorted({r["artifact"] for r in report["rows"] if r["precision"] == "int8"})
+    assert int8 and all(by[f"not_shipped[{n}]"].message == f"SKIP not_shipped[{n}]: {why}" for n in int8)
+    assert all(by[f"not_shipped[{n}]"].status == "skip" for n in int8)
+    budget = by["max_p90_ms[onnxruntime/cpu]"]      # the latency budget judges what may ship
+    assert budget.status == "pass" and "int8" not in budget.subject
+    assert "int8" not in report["headline"]["deployed"]
+
+
 def test_latency_budget_relative_to_the_teacher(run):
     from pipeline.config import Check
     report = run["report"]

@@ -140,6 +140,18 @@ def test_headline_arithmetic_and_tolerance():
     assert headline(rows, "cuda") is None              # a teacher but nothing to deploy there
 
 
+def test_an_int8_file_outside_its_budget_is_measured_but_not_shipped():
+    why = "INT8 (plain PTQ) 96.00% vs FP32 97.50%: -1.50 points; outside quantize.max_accuracy_drop 1 points"
+    rows = [_row("teacher", "torch", "torch", 8.0, 10.0, 98.0, 20_000_000),
+            _row("onnx_fp32", "onnxruntime", "onnx", 0.9, 1.0, 97.5, 4_000_000),
+            {**_row("onnx_int8", "onnxruntime", "onnx", 0.4, 0.5, 97.5, 1_000_000), "not_deployable": why},
+            {**_row("openvino_int8", "openvino", "openvino", 0.3, 0.4, 97.5, 1_000_000), "not_deployable": why}]
+    h = headline(rows, "cpu", tolerance=1.0)
+    assert h["deployed"] == "onnx_fp32@onnxruntime/cpu/b1"    # the faster INT8 rows are held back
+    assert h["not_shipped"] == {"onnx_int8": why, "openvino_int8": why}
+    assert h["text"].endswith(f" onnx_int8, openvino_int8 measured but not shipped: {why}.")
+
+
 def test_upstream_warnings_and_summaries_are_read_by_key():
     from pipeline.measure.accuracy_interval import paired_difference
     from pipeline.render.markdown import _notes
