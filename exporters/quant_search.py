@@ -65,7 +65,7 @@ def accuracy_aware_quantize(
     evaluate: Evaluate,
     max_drop: float,
     quantize_fn: QuantizeFn,
-    sensitivity_inputs: np.ndarray,
+    sensitivity_inputs: np.ndarray | Callable[[], np.ndarray],
     max_excluded: int = 10,
     max_candidates: int = 60,
     variants: dict[str, QuantizeFn] | None = None,
@@ -77,7 +77,7 @@ def accuracy_aware_quantize(
     `evaluate` gives per-image correctness on val. `variants` (label -> quantizer) are tried when
     plain PTQ misses, chosen by agreement with FP32 on `selection_inputs` (an array, or a function
     that makes it, called only then; default: the calibration images). Layers are ranked on
-    the problem images among `sensitivity_inputs`, at most `max_candidates` of them (pre-cut by a
+    the problem images among `sensitivity_inputs` (an array, or a function making it), at most `max_candidates` of them (pre-cut by a
     cheap proxy), and at most `max_excluded` are kept in float. report["within_budget"] says
     whether the budget holds; report["miss"] says why not when it does not.
     """
@@ -167,9 +167,10 @@ class _Search:
         self.report["variant_chosen"] = chosen
         return next(t for t in self.tried if t.label == chosen)
 
-    def float_fallback(self, base: Tried, inputs: np.ndarray, max_excluded: int, max_candidates: int) -> Tried:
+    def float_fallback(self, base: Tried, inputs, max_excluded: int, max_candidates: int) -> Tried:
         """Keep layers in float, one at a time, each the best revert on the problem images, until
         the budget holds, `max_excluded` are reverted, or no revert gives anything back."""
+        inputs = inputs() if callable(inputs) else inputs
         layers = candidate_layers(self.prepared, inputs, max_candidates, self.report)
         reference = run_onnx(self.prepared, inputs)
         current, excluded, best, idle = base, [], base, False

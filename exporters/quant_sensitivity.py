@@ -156,7 +156,7 @@ def problem_images(reference: np.ndarray, quantized: np.ndarray, at_least: int =
     classes = reference.argmax(1)
     loss = margins(reference, classes) - margins(quantized, classes)
     flipped = np.flatnonzero(quantized.argmax(1) != classes)
-    rest = [i for i in np.argsort(-loss) if i not in set(flipped) and loss[i] > 0]
+    rest = [i for i in np.argsort(-loss) if quantized[i].argmax() == classes[i] and loss[i] > 0]
     return np.concatenate([flipped, rest[: max(0, at_least - len(flipped))]]).astype(int)
 
 

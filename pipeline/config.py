@@ -269,6 +269,15 @@ class PTQVariant(str, Enum):
     nncf_bias_correction = "nncf_bias_correction"  # NNCF's PTQ with bias correction (needs nncf)
 
 
+class QAT(Strict):
+    """Quantization-aware fine-tuning, tried when every PTQ option misses the budget."""
+    enabled: bool = True
+    epochs: int = Field(3, ge=1, description="passes over augmented views of the training images")
+    lr: float = Field(1e-5, gt=0, description="Adam learning rate: small, the float model is already trained")
+    max_seconds: float = Field(300.0, gt=0, description="time limit of the fine-tuning itself")
+    batch_size: int = Field(32, ge=1)
+
+
 class Quantize(Strict):
     method: QuantMethod = QuantMethod.onnxruntime
     scheme: QuantScheme = QuantScheme.auto
@@ -282,6 +291,7 @@ class Quantize(Strict):
     selection_views: int = Field(256, ge=1, description="augmented training views that choose among the variants")
     max_float_layers: int = Field(10, ge=0, description="most layers the accuracy search keeps in float")
     sensitivity_samples: int = Field(256, ge=1, description="val images the layer ranking looks for flips in")
+    qat: QAT = QAT()
 
 
 class TensorRT(Strict):

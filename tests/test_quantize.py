@@ -137,7 +137,7 @@ def world(tmp_path_factory):
     x_test = np.stack([PRE(held_out.image(i)) for i in range(len(held_out.ids))]).astype(np.float32)
     y_test = np.array(held_out.targets)
     return {
-        "tmp": tmp, "paths": paths, "x_test": x_test, "y_test": y_test,
+        "tmp": tmp, "paths": paths, "x_test": x_test, "y_test": y_test, "model": model,
         "source": CalibrationSource.from_imageset(train, PRE, size=64, seed=0),
         "sens_inputs": CalibrationSource.from_imageset(train, PRE, size=48, seed=1).tensors(),
     }
@@ -399,3 +399,32 @@ def test_int8_parity_is_judged_against_fp32_not_another_runtimes_int8(world):
     spec.reference = None  # the old rule: against ONNX Runtime's INT8 rounding of the same file
     with pytest.raises(ParityError, match="parity check failed for synthetic_int8"):
         parity_against_onnx(rough, lambda batch: exact, spec, "synthetic_int8")
+
+
+def test_qat_rounds_weights_as_the_qdq_file_does_and_leaves_float_modules(world):
+    from torch.nn.utils import parametrize
+
+    from pipeline.train.qat import WeightRounding, finetune_for_int8
+    model = world["model"]
+    path, _ = quantize_onnx(world["paths"]["plain"], world["tmp"] / "qat-ref.onnx", world["source"], scheme="u8s8")
+    proto = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    first_conv = next(n for n in proto.graph.node if n.op_type == "Conv")
+    dq = producers[first_conv.input[1]]
+    q, scale = inits[dq.input[0]].astype(np.float32), inits[dq.input[1]]
+    in_file = q * scale.reshape(-1, 1, 1, 1)
+    ours = WeightRounding(8)(model[0].weight.detach()).numpy()
+    np.testing.assert_allclose(ours, in_file, rtol=0, atol=1e-6)   # the same int8 grid, value for value
+
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    views = torch.from_numpy(world["sens_inputs"])
+    trained, info = finetune_for_int8(model, torch.from_numpy(world["source"].tensors()), views, 8, epochs=2,
+                                      lr=1e-3, max_seconds=60, batch_size=16)
+    assert not any(parametrize.is_parametrized(m) for m in trained.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())   # the teacher is untouched
+    assert any(not torch.equal(before[k], v) for k, v in trained.state_dict().items())
+    assert [e["epoch"] for e in info["epochs"]] == [1, 2] and info["stopped"] is None and info["layers"] == 4
+    _, info = finetune_for_int8(model, torch.from_numpy(world["source"].tensors()), views, 8, epochs=50,
+                                lr=1e-3, max_seconds=0.01, batch_size=16)
+    assert info["stopped"].startswith("time limit 0.01 s reached in epoch 1") and len(info["epochs"]) == 1

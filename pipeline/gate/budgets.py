@@ -111,7 +111,8 @@ def _drop_interval(h: dict) -> str:
     if not ci:
         return ""
     return (f"drop {-ci['high']:+.1f} to {-ci['low']:+.1f} points at {ci['level']:.0%} confidence "
-            f"on {ci['images']} val images")
+            f"on {ci['images']} val images ({ci['b_only']} right only for the teacher, "
+            f"{ci['a_only']} only for the deployed model)")
 
 
 def evaluate(report: dict, check: Check) -> list[Verdict]:

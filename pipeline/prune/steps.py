@@ -152,9 +152,11 @@ def accuracy_budget(steps: list[dict], kept: int, n: int, top1_0: float, max_dro
     if kept < n:
         shipped = (f"step {kept} ({steps[kept - 1]['macs_removed']:.1%} of MACs removed, val "
                    f"{steps[kept - 1]['val_top1']:.2f}%)" if kept else f"the unpruned student ({top1_0:.2f}%)")
+        change = steps[kept].get("accuracy_change")
+        noise = f": {describe(change, 'pruned', 'unpruned')}" if change else ""
         out["warning"] = (f"prune backed off: step {kept + 1} of {n} lost "
                           f"{steps[kept]['accuracy_drop_points']:.2f} points (> prune.max_accuracy_drop "
-                          f"{max_drop:g}); shipping {shipped}. Lower prune.ratio, add prune.recover "
+                          f"{max_drop:g}{noise}); shipping {shipped}. Lower prune.ratio, add prune.recover "
                           "epochs, or raise prune.max_accuracy_drop")
         logger.warning(f"prune: {out['warning']}")
     return out

@@ -98,4 +98,11 @@ def upstream_notes(inputs: dict[str, Manifest]) -> dict:
                            "int8_vs_fp32": ex.metrics.get("int8_vs_fp32")}
         notes["warnings"].extend(f"{name} failed at export and is not shipped: {why}"
                                  for name, why in sorted(failed.items()))
+        across = ex.metrics.get("int8_across_runtimes") or {}
+        for name, agree in sorted((across.get("agreement") or {}).items()):
+            if agree < 0.95:  # the INT8 parity floor: a finding about rounding, judged against FP32
+                notes["warnings"].append(
+                    f"{name} and onnx_int8, one Q/DQ file in two runtimes, predict alike on {agree:.1%} of "
+                    f"val images on this CPU (VNNI: {'yes' if across.get('cpu_vnni') else 'no'}); each is "
+                    "checked against the FP32 model instead, see its accuracy row")
     return notes
