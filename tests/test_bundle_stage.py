@@ -128,3 +128,32 @@ def test_benchmark_measures_only_the_bundle_export_sealed(store, capsys, restore
     model_json.write_text(edited)
     with pytest.raises(BundleError, match="model.json has sha256"):
         candidates({"export": entry})
+
+
+def test_an_artifact_failing_parity_is_marked_failed_and_the_others_ship(store, monkeypatch, capsys,
+                                                                          restore_logging):
+    """One export failing its parity check (here an INT8 runtime that disagrees with FP32) does not
+    stop the stage: it is recorded as failed, not bundled, and becomes a failed benchmark row."""
+    import exporters
+    from exporters.parity import ParityError, compare_logits
+    from pipeline.cli import main
+    from pipeline.measure.artifacts import candidates
+    cfg, st = store
+    ref = np.eye(10)[np.arange(40) % 10] * 5.0
+    wrong = compare_logits(ref, np.roll(ref, 1, axis=1), "int8")   # every clear decision flipped
+
+    def disagreeing(src, out_dir, spec):
+        raise ParityError(f"parity check failed for model_int8.xml: {wrong.describe()}", wrong)
+
+    monkeypatch.setitem(exporters.EXPORTERS, ("onnx", "openvino"), disagreeing)
+    args = ["run", "export", "-q", "-c", "configs/default.yaml"]
+    for item in [*bench_fixture.BENCH, *SETS, "export.openvino_precisions=[int8]", f"run.store={cfg.run.store}"]:
+        args += ["--set", item]
+    assert main(args) == 0
+    [entry] = st.entries("export")
+    assert sorted(entry.outputs) == ["onnx_fp32", "onnx_int8"]
+    assert "top-1 agreement = 0.0000 (minimum 0.95)" in entry.metrics["failed"]["openvino_int8"]
+    [failed] = [c for c in candidates({"export": entry}) if c.name == "openvino_int8"]
+    assert failed.path is None and failed.failed.startswith("parity check failed")
+    assert failed.not_deployable == f"failed at export: {failed.failed}"
+    assert "openvino_int8 failed its parity check" in capsys.readouterr().err

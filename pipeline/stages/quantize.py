@@ -176,7 +176,7 @@ def with_qat(cfg: Config, model, pre, splits, source, quantize_fn, evaluate, rep
     import torch
 
     from exporters.onnx_int8 import QuantScheme, choose_scheme
-    from exporters.quant_search import accuracy_aware_quantize
+    from exporters.quant_search import accuracy_aware_quantize, within
     from pipeline.config import Augment
     from pipeline.data.torch_dataset import TorchImageSet
     from pipeline.train.qat import finetune_for_int8
@@ -198,12 +198,12 @@ def with_qat(cfg: Config, model, pre, splits, source, quantize_fn, evaluate, rep
                                                np.empty(0), max_excluded=0)
         accuracy = scored["final_accuracy"]
         drop = report["fp32_accuracy"] - accuracy  # against the model that ships in FP32, not QAT's
-        used = drop <= q.max_accuracy_drop or accuracy > report["final_accuracy"]
+        used = within(drop, q.max_accuracy_drop) or accuracy > report["final_accuracy"]
         info.update(int8_top1=accuracy, drop=drop, used=used, qat_fp32_top1=scored["fp32_accuracy"],
                     instead_of=report["chosen"])
         if used:
             path.replace(int8)
-            report.update(final_accuracy=accuracy, final_drop=drop, within_budget=drop <= q.max_accuracy_drop,
+            report.update(final_accuracy=accuracy, final_drop=drop, within_budget=within(drop, q.max_accuracy_drop),
                           chosen="QAT, then plain PTQ", excluded=[], modules={}, quantizer=scored["quantizer"],
                           final_correct=scored["final_correct"])
         logger.info(f"quantize: QAT in {info['seconds']:.0f} s: INT8 {accuracy:.2f}% (FP32 "
