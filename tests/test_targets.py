@@ -317,7 +317,9 @@ def test_each_target_gets_its_own_headline_with_energy():
 def test_loopback_target_end_to_end(sshd, device_python, tmp_path, cli):
     """The tiny pipeline with a loopback target: the device runner, shipped with the bundles,
     scores each ONNX bundle on the "device" exactly as onnxruntime scores it here."""
+    import numpy as np
     import yaml
+    from runtimes.stats import SAMPLE_LIMIT
     cfg = yaml.safe_load(open("tests/configs/tiny.yaml"))
     cfg["targets"] = [sshd.target(python=str(device_python)).model_dump(mode="json")]
     cfg["export"]["openvino_precisions"] = []
@@ -332,17 +334,45 @@ def test_loopback_target_end_to_end(sshd, device_python, tmp_path, cli):
     rows = {r["id"]: r for r in document["rows"]}
     from pipeline.gate import intervals
     widen = intervals.margin(document["noise_floor"], "p50")
+
+    def protocol(row: dict) -> str:
+        # The timing protocol in a row's methodology (runtimes.harness), without the run count,
+        # which depends on how fast the runs were.
+        [text] = re.findall(r"\d+ warm-up runs, .*?\(includes loading\)\.", row["methodology"])
+        return re.sub(r"\(\d+ runs, [\d.]+ s\)", "(N runs)", text)
+
     for name in ("onnx_fp32", "onnx_int8"):
         here, there = rows[f"{name}@onnxruntime/cpu/b1"], rows[f"{name}@onnxruntime/loopback/cpu/b1"]
         assert there["status"] == "ok" and there["accuracy"] == here["accuracy"]
+        assert there["accuracy_images"] == here["accuracy_images"]
         assert there["p90_ms"] > 0 and there["runtime_version"] == here["runtime_version"]
+        # the same bytes, measured the same way, on the target named as the device
+        assert (there["target"], there["device"]) == ("loopback", "loopback/cpu") and there["target_fingerprint"]
+        assert (there["sha256"], there["batch"], there["threads"]) == (here["sha256"], here["batch"], here["threads"])
+        assert there["bundle_check"]["passed"]       # the device's outputs match the golden ones
         # the fields the baseline gate compares data by: remote rows are judged like local ones
         assert (there["val_split"], there["input_size"]) == (here["val_split"], here["input_size"])
-        # Remote rows carry per-run samples, so they are judged with intervals like local ones. The
-        # remote p50 must be the model's time on the device, not the transport's (an SSH round trip
-        # per inference would be tens of times the local p50). Whether it equals the local p50 within
-        # the run's A/A floor is a benchmark's question, not a unit test's: that floor measures drift
-        # inside one process, and the runner is another process (1.39x seen on a quiet 2-core host).
+        # How fast the device is relative to here is a benchmark's question, not a unit test's: on
+        # a loaded host the remote/local p50 ratio was 3.1 with nothing wrong, and the run's A/A
+        # floor measures drift inside one process while the runner is another. What this test can
+        # show without a clock is that the remote p50 times the model, not the transport:
+        # - the runner timed it with the protocol the local row was timed with (the same warm-up
+        #   and minimums, each run timed around session.run() + sync() on the device), not a
+        #   wall clock around the SSH job;
+        assert protocol(there) == protocol(here)
+        assert there["methodology"].startswith("Measured on target 'loopback' ") and \
+            "by the device runner" in there["methodology"]
+        # - its samples are those timed runs, at least min_iterations of them in one SSH job: one
+        #   per run (all kept below SAMPLE_LIMIT runs, a subset beyond), summing to the timed total
+        #   (each rounded to 1 us), and its p50 is their median.
+        samples = there["samples_us"]
+        assert there["samples_total"] == there["iterations"] >= cfg["benchmark"]["min_iterations"]
+        assert len(samples) == min(there["samples_total"], SAMPLE_LIMIT)
+        if len(samples) == there["samples_total"]:
+            assert sum(samples) == pytest.approx(there["total_s"] * 1e6, abs=len(samples))
+            assert there["p50_ms"] == pytest.approx(float(np.median(samples)) / 1e3, abs=1e-3)
+        # - and it is judged with intervals like a local row: per-run samples give it a p50
+        #   interval and a ratio to the local row.
         ratio = intervals.ratio(there, here, "p50", widen)
-        assert ratio.low <= ratio.estimate <= ratio.high
-        assert 1 / 3 < ratio.estimate < 3, f"{name}: remote/local p50 {ratio.text(3)}"
+        assert ratio is not None and ratio.low <= ratio.estimate <= ratio.high
+        assert intervals.percentile(there, "p50") is not None
