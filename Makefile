@@ -25,7 +25,7 @@ endif
 RUNARGS = -c $(call quote,$(CONFIG)) $(SETARGS) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup all finetune distill prune quantize export benchmark report check status targets test test-deps clean
+.PHONY: help setup all finetune distill prune quantize export benchmark report check status targets test test-deps clean gpu-wheels gpu-check
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -94,6 +94,18 @@ test: setup test-deps ## run the test suite (file by file after a crash)
 	  echo "== $$f"; $(PY) -X faulthandler -m pytest -q -p no:cacheprovider "$$f" || failed="$$failed $$f"; \
 	done; \
 	echo "make test: failed after a crash (exit $$rc); files that fail on their own:$${failed:- none}"; exit 1
+
+# The GPU check runs where there is no .venv: a lent GPU machine's own python3, with the wheels of
+# .ci/gpu_wheels.txt carried in .gpu-wheels/ (README: "Checking the GPU paths"). OUT names the
+# folder its summary.json goes to; its exit code is 8 where there is no CUDA device.
+GPU_PY ?= python3
+OUT    ?= gpu-check
+
+gpu-wheels: ## download the wheels the GPU check carries into .gpu-wheels/ (needs pip and network)
+	$(GPU_PY) .ci/gpu_wheels.py download
+
+gpu-check: ## on an NVIDIA GPU: every CUDA path of the pipeline, summary in OUT/summary.json
+	$(GPU_PY) .ci/gpu_check.py --out $(call quote,$(OUT))
 
 clean: ## remove the artifact store (runs/) and caches; keeps .venv
 	rm -rf runs .pytest_cache

@@ -26,6 +26,12 @@ PYTHON_VERSION = "3.12"
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64")
 WHEN = ("always", "if-missing")
+# Distributions the GPU image brings that the pipeline imports, and those it runs without (their
+# rows and exports then say why): with the list, every import of the four packages is accounted
+# for (tests/test_gpu_check.py holds that).
+IMAGE = ("torch", "torchvision", "timm", "numpy", "pillow", "matplotlib", "fonttools", "onnx",
+         "onnxruntime", "scikit-learn", "pyyaml")
+OPTIONAL = ("openvino", "nncf", "tensorrt")
 
 
 class WheelError(Exception):

@@ -99,6 +99,7 @@ def test_every_bound_function_has_its_prototype_declared():
     assert LIB.runtime_version() >= 10020  # JetPack 4's CUDA 10.2 is the oldest a device has
 
 
+@pytest.mark.gpu
 @needs_lib
 def test_device_count_agrees_with_torch_and_no_gpu_is_a_reason():
     torch = pytest.importorskip("torch")
@@ -158,6 +159,7 @@ def test_without_torch_the_reasons_come_from_tensorrt_and_libcudart():
 
 # ---- on a GPU ---------------------------------------------------------------------------------
 
+@pytest.mark.gpu
 @needs_gpu
 def test_pinned_round_trip_through_device_memory():
     buffers = tensorrt_buffers.CudartBuffers("cuda")
