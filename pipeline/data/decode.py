@@ -57,29 +57,43 @@ def decode_rgb(source):
         return to_rgb(ImageOps.exif_transpose(im))
 
 
-def check_image(data: bytes) -> str | None:
-    """Why these bytes are not a readable image, or None when they are.
+# What the scan learns about one file: (sha256 of the bytes, why it cannot be read or None,
+# sha256 of the decoded pixels, 64-bit perceptual hash); the last two are "" when unreadable.
+Check = tuple[str, "str | None", str, str]
+
+
+def check_image(data: bytes) -> tuple[str | None, str, str]:
+    """(why these bytes are not a readable image or None, pixel digest, perceptual hash).
 
     `verify()` checks structure (PNG chunk CRCs, headers); a fresh open then decodes every pixel,
-    which finds what `verify()` cannot: truncated JPEGs, broken PNG compressed data.
+    which finds what `verify()` cannot: truncated JPEGs, broken PNG compressed data. A PNG whose
+    compressed data ends cleanly before its last row decodes without an error (the rest black),
+    so its rows are counted too. The two fingerprints come from the decoded image (see
+    `perceptual`): the audit finds copies by them.
     """
     from PIL import Image
+    from pipeline.data.perceptual import perceptual_hash, pixel_digest
+    from pipeline.data.png_rows import missing_rows
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.verify()
-        decode_rgb(io.BytesIO(data))
+        rgb = decode_rgb(io.BytesIO(data))
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error, zlib.error, ...
-        return f"{type(e).__name__}: {e}".strip()
-    return None
+        return f"{type(e).__name__}: {e}".strip(), "", ""
+    short = missing_rows(data)
+    if short:
+        return short, "", ""
+    return None, pixel_digest(rgb), perceptual_hash(rgb)
 
 
-def check_file(path: str | Path) -> tuple[str, str | None]:
-    """(sha256 of the bytes, why they are not a readable image or None)."""
+def check_file(path: str | Path) -> Check:
+    """(sha256 of the bytes, why they are not a readable image or None, pixel digest, perceptual
+    hash)."""
     try:
         data = Path(path).read_bytes()
     except OSError as e:
-        return "", f"{type(e).__name__}: {e}"
-    return hashlib.sha256(data).hexdigest(), check_image(data)
+        return "", f"{type(e).__name__}: {e}", "", ""
+    return (hashlib.sha256(data).hexdigest(), *check_image(data))
 
 
 def workers() -> int:
@@ -87,7 +101,7 @@ def workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def iter_checks(paths: Sequence[str]) -> Iterator[tuple[str, str | None]]:
+def iter_checks(paths: Sequence[str]) -> Iterator[Check]:
     """`check_file` of every path, in order, on a thread pool when there are enough of them."""
     if len(paths) < PARALLEL_FROM or workers() == 1:
         yield from map(check_file, paths)

@@ -3,7 +3,8 @@
 The scan walks the tree without following a link out of the root or reaching anything twice
 (`walk`), decodes every image to the last pixel in parallel (`decode`) and hashes its bytes for
 the fingerprint, so a bad dataset fails before training starts, with the path and the fix in
-the message. What it learns is remembered per process and, given a cache, between runs.
+the message; the audit (`audit`) then looks for copies of one picture across the splits and
+labels. What the scan learns is remembered per process and, given a cache, between runs.
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import DataSpec
+from pipeline.data.audit import audit_images, enforce
 from pipeline.data.decode import ImageReadError, decode_rgb, iter_checks, to_rgb, workers
+from pipeline.data.duplicates import Scanned
 from pipeline.data.imageset import DataError, DataWarning, ImageSet, Splits, split_fingerprint
 from pipeline.data.scan_cache import Record, ScanCache
 from pipeline.data.walk import EXTENSIONS, Node, TreeWalk
@@ -109,8 +112,8 @@ def _report_bad(root: Path, bad: list[tuple[str, str]], skip_corrupt: bool) -> N
 
 
 def scan_tree(root: Path, skip_corrupt: bool, cache: ScanCache | None = None
-              ) -> tuple[list[str], dict[str, list[tuple[str, int, str]]], list[str]]:
-    """(classes, {split: [(relpath, target, sha256)]}, skipped relpaths), or a DataError."""
+              ) -> tuple[list[str], dict[str, list[tuple[int, Scanned]]], list[str]]:
+    """(classes, {split: [(target, what the scan saw)]}, skipped relpaths), or a DataError."""
     _require_tree(root)
     walk = TreeWalk(root)
     folders = {split: walk.children(walk.enter(root / split))[0] for split in _SPLITS}
@@ -135,16 +138,17 @@ def scan_tree(root: Path, skip_corrupt: bool, cache: ScanCache | None = None
                 raise DataError(f"class folder '{folder.path}' holds no images ({_EXT_TEXT})")
             found.append((split, folder, files))
     records = iter(_check(root, [n for _, _, files in found for n in files], cache or ScanCache(None)))
-    entries: dict[str, list[tuple[str, int, str]]] = {s: [] for s in _SPLITS}
+    entries: dict[str, list[tuple[int, Scanned]]] = {s: [] for s in _SPLITS}
     bad: list[tuple[str, str]] = []
     for split, folder, files in found:
         kept = 0
-        for node, (sha, error) in zip(files, records):
+        label = Path(folder.path).name
+        for node, (sha, error, pixels, phash) in zip(files, records):
             rel = Path(node.path).relative_to(root).as_posix()
             if error:
                 bad.append((rel, error))
                 continue
-            entries[split].append((rel, classes.index(Path(folder.path).name), sha))
+            entries[split].append((classes.index(label), Scanned(split, rel, label, sha, pixels, phash)))
             kept += 1
         if not kept and skip_corrupt:
             raise DataError(f"class folder '{folder.path}' holds no readable images: all {len(files)} "
@@ -165,7 +169,7 @@ def load_unlabelled_folder(root: str, skip_corrupt: bool = False,
     walk = TreeWalk(folder, setting)
     nodes = walk.images(walk.top())
     rels, shas, bad = [], [], []
-    for node, (sha, error) in zip(nodes, _check(folder, nodes, ScanCache(None))):
+    for node, (sha, error, _, _) in zip(nodes, _check(folder, nodes, ScanCache(None))):
         rel = Path(node.path).relative_to(folder).as_posix()
         if error:
             bad.append((rel, error))
@@ -187,11 +191,13 @@ def load_imagefolder_splits(spec: DataSpec, cache: ScanCache | None = None) -> S
     `cache` keeps what the scan learned between runs (see `scan_cache`)."""
     root = Path(spec.root).expanduser()
     classes, entries, skipped = scan_tree(root, spec.skip_corrupt, cache)
+    audit = audit_images([s for split in _SPLITS for _, s in entries[split]], spec.near_duplicate_bits)
+    enforce(audit, spec, root)
     sets = {}
     for split in _SPLITS:
-        rels = [rel for rel, _, _ in entries[split]]
-        targets = [t for _, t, _ in entries[split]]
-        shas = [sha for _, _, sha in entries[split]]
+        rels = [s.rel for _, s in entries[split]]
+        targets = [t for t, _ in entries[split]]
+        shas = [s.sha256 for _, s in entries[split]]
         sets[split] = ImageSet(ids=rels, targets=targets, classes=list(classes),
                                load=FolderImages(str(root), rels),
                                fingerprint=split_fingerprint(rels, targets, shas))
@@ -199,4 +205,4 @@ def load_imagefolder_splits(spec: DataSpec, cache: ScanCache | None = None) -> S
     fingerprint = sha256_json({"kind": spec.kind.value, "classes": classes,
                                "train": sets["train"].fingerprint, "val": sets["val"].fingerprint})
     return Splits(train=sets["train"], val=sets["val"], classes=list(classes),
-                  fingerprint=fingerprint, skipped=skipped)
+                  fingerprint=fingerprint, skipped=skipped, audit=audit.to_dict())

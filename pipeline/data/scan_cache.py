@@ -1,9 +1,10 @@
 """What the scan learned about each image, kept between runs so an unchanged tree is not decoded again.
 
 `<run.store>/cache/scan/<listing hash>.json`, where the listing is every image's (path under the
-root, size, mtime_ns) and the file holds each image's sha256 and decode error. The root's own
-location is not part of it: a moved tree with the same files finds its entry. A tree with a few
-changed files takes what still matches from the newest entry and checks only the rest.
+root, size, mtime_ns) and the file holds each image's sha256, decode error, pixel digest and
+perceptual hash. The root's own location is not part of it: a moved tree with the same files
+finds its entry. A tree with a few changed files takes what still matches from the newest entry
+and checks only the rest.
 
 Verified on use: each file records the sha256 of its body, and one that does not match (edited,
 half-written by another tool) is ignored with a warning and rewritten.
@@ -21,12 +22,12 @@ from pipeline.hashing import sha256_json
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2         # 2: each file also records its pixel digest and perceptual hash
 KEEP = 8          # entries kept per store: enough for a few datasets and their recent edits
 CACHE_DIR = ("cache", "scan")
 
 Stat = tuple[str, int, int]            # (path under the root, size, mtime_ns)
-Record = tuple[str, "str | None"]      # (sha256, decode error or None)
+Record = tuple[str, "str | None", str, str]   # decode.Check: (sha256, error, pixels, phash)
 
 
 def listing_key(listing: Sequence[Stat]) -> str:
@@ -48,14 +49,19 @@ class ScanCache:
         try:
             doc = json.loads(path.read_text())
             body = {k: v for k, v in doc.items() if k != "sha256"}
-            ok = doc.get("format") == FORMAT and doc.get("sha256") == sha256_json(body)
+            if doc.get("format") != FORMAT:      # written by another edgeship: not damage
+                logger.debug("scan cache %s has format %s, not %s; checking the images again",
+                             path, doc.get("format"), FORMAT)
+                return None
+            ok = doc.get("sha256") == sha256_json(body)
         except (OSError, ValueError, AttributeError):
             ok = False
         if not ok:
             logger.warning("scan cache %s does not match its recorded hash; checking the images "
                            "again and rewriting it", path)
             return None
-        return {(rel, size, mtime): (sha, error) for rel, size, mtime, sha, error in doc["files"]}
+        return {(rel, size, mtime): (sha, error, pixels, phash)
+                for rel, size, mtime, sha, error, pixels, phash in doc["files"]}
 
     def has(self, listing: Sequence[Stat]) -> bool:
         """Whether an entry for exactly this listing exists (not verified: for skipping a write)."""

@@ -21,8 +21,10 @@ def data_params(cfg: Config) -> dict:
     """The data part of a training stage's cache key: the spec and the content fingerprint.
 
     data.root is left out: the fingerprint covers every image's path under the root and its
-    bytes, so a tree moved elsewhere with the same content keeps its cached stages."""
+    bytes, so a tree moved elsewhere with the same content keeps its cached stages. The audit's
+    switches are left out too: they decide whether a run may start, never what it computes."""
     from pipeline.data import load_splits
     spec = cfg.data.model_dump(mode="json")
-    spec.pop("root", None)
+    for key in ("root", "allow_leakage", "allow_conflicting_labels", "near_duplicate_bits"):
+        spec.pop(key, None)
     return {"data": spec, "fingerprint": load_splits(cfg.data, cfg.run.seed, cfg.run.store).fingerprint}
