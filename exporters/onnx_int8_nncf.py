@@ -25,6 +25,12 @@ from exporters.onnx_int8 import (
     single_input_name,
 )
 from runtimes.environment import cpu_has_vnni
+from runtimes.errors import Unavailable
+
+
+class NNCFUnavailable(ImportError, Unavailable):
+    """quantize.method: nncf where NNCF is not installed: the CLI prints the fix and exits 8
+    (an ImportError too, for callers that already catch that)."""
 
 
 def nncf_unavailable() -> str | None:
@@ -34,6 +40,13 @@ def nncf_unavailable() -> str | None:
     except ImportError:
         return NNCF_MISSING
     return None
+
+
+def require_nncf() -> None:
+    """Raise NNCFUnavailable (exit 8, one line) when quantize.method 'nncf' cannot run here."""
+    reason = nncf_unavailable()
+    if reason:
+        raise NNCFUnavailable(f"quantize.method 'nncf': {reason}, or set quantize.method: onnxruntime")
 
 
 def _scheme_settings(scheme: QuantScheme):
@@ -87,9 +100,7 @@ def quantize_onnx_nncf(
     `nodes_to_exclude` go to NNCF's ignored scope. `calibration_cache` is accepted for the common
     signature; NNCF's ONNX backend has no range cache, so every call calibrates. Returns (path, info).
     """
-    reason = nncf_unavailable()
-    if reason:
-        raise ImportError(reason)
+    require_nncf()
     import nncf
     import onnx
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters

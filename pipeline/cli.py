@@ -96,11 +96,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _preflight(cfg, stage: str | None) -> None:
+    """Backends the config asks for, checked before the stages before them train for an hour."""
+    from pipeline.config import QuantMethod
+    from pipeline.runner import plan
+    if cfg.quantize.method == QuantMethod.nncf and any(s.name == "quantize" for s in plan(stage)):
+        from exporters.onnx_int8_nncf import require_nncf
+        require_nncf()
+
+
 def _cmd_run(args) -> int:
     from pipeline import runner
     from pipeline.config_load import load_config
     sets = args.set + ([f"check.baseline={args.baseline}"] if args.baseline else [])
     cfg = load_config(args.config, sets)
+    _preflight(cfg, args.stage)
     from pipeline.gate.remeasure import run_gated
     run_gated(cfg, args.stage, frozenset(args.force), runner.run)
     return 0

@@ -71,6 +71,13 @@ class DataSpec(Strict):
     kind: DataKind = DataKind.digits
     root: Optional[str] = None
     skip_corrupt: bool = False
+    allow_leakage: bool = Field(False, description="train although val holds copies of training "
+                                "images (same pixels); false: refuse, naming the pairs")
+    allow_conflicting_labels: bool = Field(False, description="train although one picture is under "
+                                           "two labels; false: refuse, naming them")
+    near_duplicate_bits: int = Field(4, ge=0, le=32, description="val images whose 64-bit "
+                                     "perceptual hash is within this many bits of a training "
+                                     "image's are named as near copies (warned, recorded)")
     synthetic_size: int = Field(3000, ge=10, description="images rendered for synthetic-digits")
     val_fraction: float = Field(0.25, gt=0, lt=1, description="held-out share for built-in datasets")
 
@@ -126,6 +133,15 @@ class Run(Strict):
         "auto", description="CPU threads for training and evaluation (a number >= 1); auto: the "
         "cores this process may use (affinity mask and cgroup quota)")
     num_workers: int = Field(0, ge=0, description="data-loader worker processes")
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, v: str):
+        # "" would put the stage folders and the store's lock in whatever folder the run starts in
+        if not v.strip():
+            raise ValueError(f"run.store {v!r} is empty: set it to the folder the artifact store "
+                             f"lives in (default: runs)")
+        return v
 
     @field_validator("threads", mode="before")
     @classmethod

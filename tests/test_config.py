@@ -66,6 +66,18 @@ def test_imagefolder_needs_root_and_missing_file(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
+@pytest.mark.parametrize("value", ["''", "'  '"])
+def test_empty_run_store_is_refused_from_file_and_set(tmp_path, value):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"run.store={value}"])
+    assert str(err.value) == (f"--set run.store={value}: run.store {value} is empty: set it to the "
+                              f"folder the artifact store lives in (default: runs)")
+    path = tmp_path / "c.yaml"
+    path.write_text(f"run:\n  store: {value}\n")
+    with pytest.raises(ConfigError, match=f"^{path}: run.store {value} is empty"):
+        load_config(path)
+
+
 def test_cli_config_show_and_schema(tmp_path):
     show = subprocess.run([sys.executable, "-m", "pipeline", "config", "show", "-c", "configs/default.yaml",
                            "--set", "prune.steps=5"], capture_output=True, text=True, check=True)

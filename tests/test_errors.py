@@ -14,7 +14,8 @@ from runtimes import errors
 # Every module that defines a project error: imported so that walking the hierarchy finds them all.
 MODULES = ("pipeline.config_load", "pipeline.store", "pipeline.data.imageset", "pipeline.models.registry",
            "pipeline.prune.structured", "pipeline.prune.latency", "pipeline.prune.budget",
-           "pipeline.stages.check", "exporters", "exporters.spec", "exporters.parity", "exporters.bundle")
+           "pipeline.stages.check", "exporters", "exporters.spec", "exporters.parity", "exporters.bundle",
+           "exporters.onnx_int8_nncf")
 
 
 def _subclasses(cls: type) -> list[type]:
@@ -104,6 +105,28 @@ def test_cli_stage_failure_exits_6_with_the_message(monkeypatch, capsys, restore
     assert cli.main(["run", "export"]) == 6
     assert capsys.readouterr().err == ("edgeship: openvino_int8 top-1 agreement 91.0% is below 99.0%; "
                                        "re-export at fp32\n")
+
+
+def test_cli_nncf_method_without_nncf_exits_8_before_training(monkeypatch, capsys, restore_logging, tmp_path):
+    from pipeline import cli, runner
+    monkeypatch.setitem(sys.modules, "nncf", None)            # `import nncf` raises ImportError
+    monkeypatch.setattr(runner, "run", lambda *a, **k: pytest.fail("the run started"))
+    assert cli.main(["run", "-c", "configs/default.yaml", "--set", "quantize.method=nncf",
+                     "--set", f"run.store={tmp_path / 'runs'}"]) == 8
+    assert capsys.readouterr().err == ("edgeship: quantize.method 'nncf': NNCF is not installed; pip "
+                                       "install 'edgeship[nncf]', or set quantize.method: onnxruntime\n")
+    # a run that stops before quantize does not need it
+    monkeypatch.setattr(runner, "run", lambda *a, **k: None)
+    assert cli.main(["run", "finetune", "--set", "quantize.method=nncf",
+                     "--set", f"run.store={tmp_path / 'runs'}"]) == 0
+
+
+def test_nncf_quantizer_without_nncf_raises_unavailable(monkeypatch, tmp_path):
+    from exporters.onnx_int8_nncf import NNCFUnavailable, quantize_onnx_nncf
+    monkeypatch.setitem(sys.modules, "nncf", None)
+    with pytest.raises(ImportError) as err:                   # callers catching ImportError still do
+        quantize_onnx_nncf(tmp_path / "m.onnx", tmp_path / "q.onnx", None)
+    assert isinstance(err.value, NNCFUnavailable) and err.value.exit_code == 8
 
 
 @pytest.mark.slow
