@@ -17,6 +17,7 @@ examples:
   edgeship run -c cfg.yaml --set prune.ratio=0.4    override a value
   edgeship run -c cfg.yaml --force prune            re-run one stage
   edgeship status -c configs/default.yaml           cached / stale / not run
+  edgeship audit -c configs/imagefolder.yaml        the data alone: leakage, conflicts, copies
 
 output:
   progress and warnings go to stderr, results (tables, config, comparisons) to stdout;
@@ -68,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", metavar="PATH", help="the report check compares with (sets "
                    "check.baseline: a report.json, a run folder, a store, or 'last')")
 
+    p = sub.add_parser("audit", parents=[common], help="check the data alone: copies across train/val "
+                       "(leakage), one picture under two labels, repeats, near copies (exit 7 on "
+                       "leaks or conflicts the config does not allow)")
+    _config_args(p)
+    p.add_argument("--json", action="store_true", help="print the audit record as JSON")
+
     p = sub.add_parser("status", parents=[common], help="for each stage: cached, stale or not run, with its key")
     _config_args(p)
 
@@ -113,6 +120,14 @@ def _cmd_run(args) -> int:
     _preflight(cfg, args.stage)
     from pipeline.gate.remeasure import run_gated
     run_gated(cfg, args.stage, frozenset(args.force), runner.run)
+    return 0
+
+
+def _cmd_audit(args) -> int:
+    from pipeline.config_load import load_config
+    from pipeline.data.audit_show import run_audit
+    cfg = load_config(args.config, args.set)
+    run_audit(cfg.data, cfg.run.store, args.json)
     return 0
 
 
@@ -174,7 +189,7 @@ def _cmd_compare(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "status": _cmd_status, "verify": _cmd_verify, "config": _cmd_config,
+COMMANDS = {"run": _cmd_run, "audit": _cmd_audit, "status": _cmd_status, "verify": _cmd_verify, "config": _cmd_config,
             "runtimes": _cmd_runtimes, "targets": _cmd_targets, "compare": _cmd_compare}
 
 

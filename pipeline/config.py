@@ -363,6 +363,9 @@ class Check(RegressionBudgets):
         default_factory=dict, description="'runtime/device' -> ratio: p90 of that same artifact "
         "over the teacher's p90 in PyTorch eager FP32 (0.5: at least twice as fast)")
     max_size_mb: Optional[float] = None
+    max_leaked_images: Optional[int] = Field(
+        None, ge=0, description="val images with an exact or near copy in train (the data "
+        "audit's count; exact copies reach the gate only under data.allow_leakage)")
     junit: str = "check-junit.xml"
 
 

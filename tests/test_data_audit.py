@@ -201,3 +201,98 @@ def test_perceptual_hash_bits():
     d = hamming(h, h)
     assert d[0, 0] == 0 and d[0, 1] <= 4 and d[0, 2] >= 16
     assert hamming(as_uint64(["ffffffffffffffff"]), as_uint64(["0"]))[0, 0] == 64
+
+
+# ---------------------------------------------------------------- the command and the gate
+def _audit_cli(root: Path, tmp_path: Path, *extra: str):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "pipeline", "audit", "-c", "configs/imagefolder.yaml",
+                           "--set", f"data.root={root}", "--set", f"run.store={tmp_path / 'runs'}", *extra],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_audit_prints_every_finding_then_exits_7_on_a_leak(root, tmp_path):
+    shutil.copy(root / DAISY, root / "val/daisy/leaked.jpg")
+    shutil.copy(root / DAISY, root / "train/daisy/again.jpg")
+    done = _audit_cli(root, tmp_path)
+    assert done.returncode == 7, done.stderr
+    assert done.stdout.splitlines() == [
+        "audit: 29 images: 1 exact copies across train/val, 0 images under two labels, 0 repeated "
+        "within a split, 0 near copies across train/val (perceptual hash within 4 bits); 1 val "
+        "image(s) have a copy in train",
+        f"  leak             {DAISY} (daisy) = train/daisy/again.jpg (daisy) = val/daisy/leaked.jpg "
+        f"(daisy) (same bytes)"]
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        f"edgeship: data.root '{root}': 1 val image(s) are copies of training images")
+    allowed = _audit_cli(root, tmp_path, "--set", "data.allow_leakage=true", "--json")
+    assert allowed.returncode == 0, allowed.stderr
+    import json
+    assert json.loads(allowed.stdout)["leaked_val_images"] == 1
+
+
+def test_cli_audit_of_a_clean_tree_exits_0(root, tmp_path):
+    done = _audit_cli(root, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("audit: 27 images: 0 exact copies") and done.stdout.count("\n") == 1
+
+
+def test_gate_counts_leaked_val_images(root, tmp_path):
+    from pipeline.config_load import load_config
+    from pipeline.gate.junit import to_junit
+    from pipeline.stages.check import _leak_budget
+    shutil.copy(root / DAISY, root / "val/daisy/leaked.jpg")
+    image = Image.open(root / DAISY).convert("RGB")
+    _saved(image, root / "val/daisy/edited.jpg", "JPEG", quality=40)
+    sets = [f"data.root={root}", f"run.store={tmp_path / 'runs'}", "data.allow_leakage=true"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        [fail] = _leak_budget(load_config(REPO / "configs/imagefolder.yaml", sets + ["check.max_leaked_images=1"]))
+        [ok] = _leak_budget(load_config(REPO / "configs/imagefolder.yaml", sets + ["check.max_leaked_images=2"]))
+    assert (fail.status, fail.measured, ok.status) == ("fail", 2, "pass")
+    assert fail.message == (f"FAIL max_leaked_images: 2 val image(s) with an exact or near copy in train, "
+                            f"limit <= 1: val/daisy/leaked.jpg = {DAISY}, val/daisy/edited.jpg ~ {DAISY}")
+    assert "max_leaked_images" in to_junit([fail, ok], "", inconclusive_fails=False)
+    assert _leak_budget(load_config(None, ["check.max_leaked_images=0"]))[0].status == "skip"
+    assert _leak_budget(load_config(REPO / "configs/imagefolder.yaml", sets)) == []
+
+
+# ---------------------------------------------------------------- look-alikes in the frozen features
+def test_lookalikes_rank_the_one_standing_out():
+    from pipeline.train.lookalikes import lookalikes
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(40, 64))
+    val = rng.normal(size=(10, 64))
+    val[3] = train[17] + 0.3 * rng.normal(size=64)       # a second shot of training image 17
+    found = lookalikes(train, val, [f"t{i}" for i in range(40)], [f"v{i}" for i in range(10)])
+    assert [(f["val"], f["train"]) for f in found] == [("v3", "t17")]
+    # cosine of x and x + 0.3 noise in 64 dimensions: 1/sqrt(1 + 0.09) = 0.958; runners-up ~ 0.15
+    assert 0.93 < found[0]["similarity"] < 0.97 and found[0]["margin"] > 0.7
+    assert lookalikes(train[:1], val, ["t0"], [f"v{i}" for i in range(10)]) == []
+
+
+@pytest.mark.slow
+def test_finetune_manifest_records_the_audit_and_the_lookalikes(root, tmp_path):
+    import json
+    import subprocess
+    import sys
+    shutil.copy(root / DAISY, root / "val/daisy/leaked.jpg")
+    args = [sys.executable, "-m", "pipeline", "run", "finetune", "-c", "configs/imagefolder.yaml"]
+    for s in [f"data.root={root}", f"run.store={tmp_path / 'runs'}", "finetune.input_size=64",
+              "finetune.strategy=linear_probe", "run.threads=2"]:
+        args += ["--set", s]
+    refused = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert refused.returncode == 7 and "train/val leakage" in refused.stderr
+    assert not (tmp_path / "runs" / "finetune").exists()
+    done = subprocess.run(args + ["--set", "data.allow_leakage=true"], cwd=REPO, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [manifest] = (tmp_path / "runs" / "finetune").glob("*/manifest.json")
+    audit = json.loads(manifest.read_text())["metrics"]["data_audit"]
+    assert audit["images"] == 28 and audit["leaked_val_images"] == 1
+    # the leaked photo is its training original in the features too: the look-alike standing out
+    # most (with 18 training photos the runners-up are few, so a same-class pair may follow it)
+    first = audit["lookalikes"][0]
+    assert (first["val"], first["train"]) == ("val/daisy/leaked.jpg", DAISY)
+    assert first["similarity"] == pytest.approx(1.0, abs=1e-4)
+    assert all(p["margin"] < first["margin"] for p in audit["lookalikes"][1:])

@@ -66,7 +66,7 @@ class DataAudit:
         return (f"{self.images} images: {len(self.leaks)} exact copies across train/val, "
                 f"{len(self.conflicts)} images under two labels, {len(self.repeats)} repeated "
                 f"within a split, {len(self.near)} near copies across train/val (perceptual hash "
-                f"within {self.near_bits} bits); {len(self.leaked_val())} val images leaked")
+                f"within {self.near_bits} bits); {len(self.leaked_val())} val image(s) have a copy in train")
 
 
 def audit_images(images: list[Scanned], near_bits: int) -> DataAudit:

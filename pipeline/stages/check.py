@@ -100,6 +100,27 @@ def _log_verdicts(verdicts: list[dict], ci: Path | None) -> None:
                 + (f"; JUnit XML: {ci}" if ci else ""))
 
 
+def _leak_budget(cfg: Config) -> list:
+    """check.max_leaked_images against the data audit (counted again from the scan cache: the
+    count follows the data, which the report's key already does)."""
+    limit = cfg.check.max_leaked_images
+    if limit is None:
+        return []
+    from pipeline.data import load_splits
+    from pipeline.gate.budgets import FAIL, PASS, SKIP, Verdict
+    audit = load_splits(cfg.data, cfg.run.seed, cfg.run.store).audit
+    if audit is None:
+        return [Verdict("max_leaked_images", SKIP, limit, "", "max", note=f"data.kind "
+                        f"'{cfg.data.kind.value}' is built in; the audit covers ImageFolder trees")]
+    leaked = audit["leaked_val_images"]
+    pairs = [f"{c['images'][-1]} = {c['images'][0]}" for c in audit["exact"]["leaks"]] + \
+            [f"{p['val']} ~ {p['train']}" for p in audit["near"]["pairs"]]
+    named = f": {', '.join(pairs[:5])}{' ...' if len(pairs) > 5 else ''}" if pairs else ""
+    return [Verdict("max_leaked_images", PASS if leaked <= limit else FAIL, limit, "", "max", leaked,
+                    note=f"{leaked} val image(s) with an exact or near copy in train, limit <= "
+                         f"{limit}{named}")]
+
+
 def run(ctx: Context) -> Result:
     from pipeline.gate.budgets import FAIL, PASS, SKIP, evaluate
     from pipeline.gate.junit import to_junit
@@ -107,7 +128,7 @@ def run(ctx: Context) -> Result:
     from pipeline.config_check import Inconclusive
     from pipeline.gate.regression import INCONCLUSIVE
     relative, baseline = _relative(report, ctx)
-    verdicts = evaluate(report, ctx.cfg.check) + relative
+    verdicts = evaluate(report, ctx.cfg.check) + relative + _leak_budget(ctx.cfg)
     unsure = [v.subject for v in relative if v.status == INCONCLUSIVE]
     if unsure and ctx.cfg.check.inconclusive == Inconclusive.remeasure:
         from pipeline.gate.remeasure import RemeasureNeeded

@@ -1,12 +1,16 @@
 """finetune: transfer a pretrained backbone to the target classes (the teacher)."""
 from __future__ import annotations
 
+import logging
+
 from pipeline.config import Adaptation, Config
 from pipeline.models.cost import count_macs, count_params
 from pipeline.models.loading import save_model
 from pipeline.stages.base import Context, Result, Stage
 from pipeline.stages.common import data_params, setup_torch
 from pipeline.train.teacher import train_teacher
+
+logger = logging.getLogger(__name__)
 
 
 def params(cfg: Config) -> dict:
@@ -20,6 +24,24 @@ def params(cfg: Config) -> dict:
         from pipeline.train.dann import target_fingerprint
         out["dann_target_fingerprint"] = target_fingerprint(cfg)
     return out
+
+
+def data_audit(cfg: Config, strategy: dict) -> dict | None:
+    """The data audit's record (ImageFolder trees), with the val images the probe's frozen
+    features found looking like one training image (None where the probe did not run)."""
+    from pipeline.data import load_splits
+    from pipeline.train.lookalikes import MARGIN
+    audit = load_splits(cfg.data, cfg.run.seed, cfg.run.store).audit
+    if audit is None:
+        return None
+    found = strategy.get("probe", {}).get("lookalikes")
+    if found:
+        shown = ", ".join(f"{p['val']} ~ {p['train']} ({p['margin']:.2f})" for p in found[:3])
+        logger.info(
+            f"  data: {len(found)} val image(s) look like one training image in the frozen features "
+            f"(margin >= {MARGIN:.2f}; the same object or photo session?): {shown}"
+            f"{' ...' if len(found) > 3 else ''}; all are in the finetune manifest (data_audit)")
+    return {**audit, "lookalikes": found}
 
 
 def run(ctx: Context) -> Result:
@@ -38,6 +60,7 @@ def run(ctx: Context) -> Result:
     if cfg.finetune.negative_transfer_check:
         from pipeline.train.negative_transfer import scratch_baseline
         metrics["negative_transfer"] = scratch_baseline(cfg, device, result)
+    metrics["data_audit"] = data_audit(cfg, transferred.record)
     artifact = save_model(model, spec, pre, ctx.out_dir)
     return Result(outputs={"model": artifact}, metrics=metrics)
 

@@ -28,11 +28,15 @@ class ProbeResult:
     train_top1: float
     scores: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    lookalikes: list[dict] | None = None     # see pipeline.train.lookalikes; None: not looked for
 
     def to_dict(self) -> dict:
-        return {"val_top1": self.val_top1, "train_top1": self.train_top1, "l2": self.l2,
-                "features": int(self.weight.shape[1]), "scores": self.scores,
-                "seconds": round(self.seconds, 2)}
+        out = {"val_top1": self.val_top1, "train_top1": self.train_top1, "l2": self.l2,
+               "features": int(self.weight.shape[1]), "scores": self.scores,
+               "seconds": round(self.seconds, 2)}
+        if self.lookalikes is not None:
+            out["lookalikes"] = self.lookalikes
+        return out
 
 
 def classifier_head(model) -> torch.nn.Linear:
@@ -113,15 +117,21 @@ def load_head(model, probe: ProbeResult) -> None:
         head.bias.copy_(probe.bias.to(head.bias.device))
 
 
-def linear_probe(model, train_set, val_set, device, l2_grid: list[float], desc: str = "probe") -> ProbeResult:
+def linear_probe(model, train_set, val_set, device, l2_grid: list[float], desc: str = "probe",
+                 find_lookalikes: bool = False) -> ProbeResult:
     """Fit the model's head on its frozen features (eval-mode pixels of both splits) and load
-    the fitted head into the model."""
+    the fitted head into the model. `find_lookalikes`: also list val images that look like one
+    training image, from the same features (the sets must be TorchImageSets, for the ids)."""
     start = time.time()
     model.to(device)
     train, val = features(model, train_set, device), features(model, val_set, device)
     extract = time.time() - start
     result = fit_probe(train, val, len(train_set.classes), l2_grid)
     load_head(model, result)
+    if find_lookalikes:
+        from pipeline.train.lookalikes import lookalikes
+        result.lookalikes = lookalikes(train[0].numpy(), val[0].numpy(), train_set.images.ids,
+                                       val_set.images.ids)
     result.seconds = time.time() - start
     logger.info(f"  {desc}: linear probe on {train[0].shape[1]} frozen features of {len(train_set)} images: "
                 f"val {result.val_top1:.2f}% (l2 {result.l2:g}; features {extract:.1f}s, fit "
