@@ -296,3 +296,23 @@ def test_finetune_manifest_records_the_audit_and_the_lookalikes(root, tmp_path):
     assert (first["val"], first["train"]) == ("val/daisy/leaked.jpg", DAISY)
     assert first["similarity"] == pytest.approx(1.0, abs=1e-4)
     assert all(p["margin"] < first["margin"] for p in audit["lookalikes"][1:])
+
+
+def test_report_section_and_warning_from_the_finetune_record(root):
+    from pipeline.report.data_audit import audit_lines, audit_notes
+    shutil.copy(root / DAISY, root / "val/daisy/leaked.jpg")
+    splits, _ = _load(root, allow_leakage=True)
+    record = {**splits.audit, "lookalikes": [{"val": "val/daisy/leaked.jpg", "train": DAISY,
+                                              "similarity": 1.0, "margin": 0.8123}]}
+    audit, warned = audit_notes({"data_audit": record})
+    assert warned == ["1 val image(s) have an exact or near copy in train (data audit): every val "
+                      "accuracy here counts them; delete the val copies, or gate with "
+                      "check.max_leaked_images"]
+    assert audit_lines(audit) == [
+        "## Data audit", "",
+        "28 images; 1 exact copies across train/val, 0 under two labels, 0 repeated within a split, "
+        "0 near copies (perceptual hash within 4 of 64 bits), 1 look-alikes in the teacher's frozen "
+        "features.", "",
+        f"- leak: `{DAISY}` = `val/daisy/leaked.jpg`",
+        f"- look-alike: `val/daisy/leaked.jpg` ~ `{DAISY}` (cosine 1.00, margin 0.81)", ""]
+    assert audit_notes({}) == (None, []) and audit_lines(None) == []

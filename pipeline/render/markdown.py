@@ -128,6 +128,8 @@ def render(report: dict, plot_files: dict[str, str] | None = None) -> str:
         out += [f"![{PLOTS.get(name, name)}]({fname})", ""]
     out += _speedups(report)
     out += _notes(report.get("upstream") or {})
+    from pipeline.report.data_audit import audit_lines
+    out += audit_lines((report.get("upstream") or {}).get("data_audit"))
     out += ["## Environment", "", *[f"- {line}" for line in tables.environment_lines(report["environment"])], ""]
     out += _methodology(report)
     return "\n".join(out)

@@ -44,6 +44,11 @@ def upstream_notes(inputs: dict[str, Manifest]) -> dict:
         if isinstance(st, dict):
             notes["finetune"]["strategy"] = {k: st.get(k) for k in
                                              ("configured", "chosen", "kept", "reason", "candidates")}
+        from pipeline.report.data_audit import audit_notes
+        audit, said = audit_notes(m)
+        if audit is not None:
+            notes["data_audit"] = audit
+            notes["warnings"] += said
         nt = m.get("negative_transfer")
         if isinstance(nt, dict):
             notes["finetune"]["negative_transfer"] = {k: nt.get(k) for k in
