@@ -96,16 +96,21 @@ def quantizers(cfg: Config) -> tuple[Callable, dict[str, Callable]]:
     return plain, variants
 
 
+def views_augment():
+    """The views INT8 is tuned on without labels (variant choice, QAT): crops, flips, small
+    rotations and colour jitter, milder than training's mixing, so each view is still a photo."""
+    from pipeline.config import Augment
+    return Augment(random_resized_crop=(0.5, 1.0), hflip=True, rotation_deg=10, color_jitter=0.2)
+
+
 def selection_views(train, pre, cfg: Config) -> np.ndarray:
     """Augmented views of training images (crop, flip, small rotation, colour jitter): the images
     that choose among PTQ variants, so val only judges the result."""
     from calibration.source import stratified_sample
-    from pipeline.config import Augment
     from pipeline.data.transforms import TrainTransform
     n = cfg.quantize.selection_views
     positions = stratified_sample(train.ids, train.targets, min(n, len(train.ids)), cfg.run.seed + 1)
-    augment = Augment(random_resized_crop=(0.5, 1.0), hflip=True, rotation_deg=10, color_jitter=0.2)
-    view = TrainTransform(pre, augment, cfg.run.seed)
+    view = TrainTransform(pre, views_augment(), cfg.run.seed)
     picks = [positions[k % len(positions)] for k in range(n)]  # several views of each when train is small
     return np.stack([view(train.image(p), k // len(positions), p) for k, p in enumerate(picks)]).astype(np.float32)
 
@@ -177,12 +182,10 @@ def with_qat(cfg: Config, model, pre, splits, source, quantize_fn, evaluate, rep
 
     from exporters.onnx_int8 import QuantScheme, choose_scheme
     from exporters.quant_search import accuracy_aware_quantize, within
-    from pipeline.config import Augment
     from pipeline.data.torch_dataset import TorchImageSet
     from pipeline.train.qat import finetune_for_int8
     q = cfg.quantize
-    views = TorchImageSet(splits.train, pre, Augment(random_resized_crop=(0.5, 1.0), hflip=True, rotation_deg=10,
-                                                     color_jitter=0.2), cfg.run.seed).unlabelled()
+    views = TorchImageSet(splits.train, pre, views_augment(), cfg.run.seed).unlabelled()
     if cfg.distill.unlabelled_root:
         from pipeline.data.imagefolder import load_unlabelled_folder
         extra = load_unlabelled_folder(cfg.distill.unlabelled_root, cfg.data.skip_corrupt)
