@@ -139,7 +139,8 @@ def run(ctx: Context) -> Result:
     sensitivity = functools.partial(val.batch, pre, min(q.sensitivity_samples, val.count))
     selection = functools.partial(selection_views, splits.train, pre, cfg) if variants else None
     int8, report = accuracy_aware_quantize(fp32, ctx.out_dir, source, evaluate, q.max_accuracy_drop, plain,
-                                           sensitivity, max_excluded=q.max_float_layers, variants=variants,
+                                           sensitivity, max_excluded=q.max_float_layers,
+                                           max_candidates=q.rank_candidates, variants=variants,
                                            selection_inputs=selection)
     report["qat"] = None
     if not report["within_budget"] and q.qat.enabled:
