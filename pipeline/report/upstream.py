@@ -92,7 +92,7 @@ def upstream_notes(inputs: dict[str, Manifest]) -> dict:
         m = qz.metrics
         notes["quantize"] = {**_scalars(m), **{k: v for k, v in m.items()
                                                if "exclud" in k or "float" in k or "fallback" in k},
-                             "budget": m.get("budget"), "variants": m.get("variants"), "tried": m.get("tried")}
+                             **{k: m[k] for k in ("budget", "variants", "tried", "qat") if m.get(k)}}
         if m.get("within_budget") is False:
             notes["warnings"].append(f"INT8 not shipped: {(m.get('budget') or {}).get('text')}.")
     ex = inputs.get("export")
