@@ -20,6 +20,7 @@ ROW_FIELDS = ("id", "artifact", "precision", "runtime", "device", "batch", "stat
               "p90_ms", "accuracy", "agreement_reference", "compile_s", "reason")
 LINES = 12             # lines kept of each failure
 PIPELINE_LOG, TESTS_LOG, TESTS_XML = "pipeline.log", "gpu-tests.log", "gpu-tests.xml"
+TESTS_STEP = "gpu_tests"    # every other step is an `edgeship run` with its log
 
 
 def is_cuda(device: str) -> bool:
@@ -27,9 +28,11 @@ def is_cuda(device: str) -> bool:
     return "/" not in device and device.lower().split(":", 1)[0].split("-", 1)[0] == "cuda"
 
 
-def manifests(store: Path) -> dict[str, dict]:
-    """The newest committed manifest of each stage in `store`, in pipeline order."""
-    out = {}
+def entries(store: Path) -> list[tuple[str, dict]]:
+    """(label, manifest) of every committed entry in `store`, in pipeline order and, within a
+    stage, in the order they finished. A stage's later entries (the torch_compile pass runs the
+    benchmark again) are labelled with their runtimes: `benchmark[torch_compile]`."""
+    out = []
     for stage in STAGE_NAMES:
         found = []
         for path in (store / stage).glob("*/manifest.json"):
@@ -37,13 +40,15 @@ def manifests(store: Path) -> dict[str, dict]:
                 found.append(json.loads(path.read_text()) | {"_dir": str(path.parent)})
             except (OSError, ValueError):
                 continue
-        if found:
-            out[stage] = max(found, key=lambda m: m.get("timings", {}).get("finished", 0))
+        found.sort(key=lambda m: m.get("timings", {}).get("finished", 0))
+        for i, m in enumerate(found):
+            runtimes = ",".join(m.get("params", {}).get("benchmark", {}).get("runtimes", []))
+            out.append((stage if i == 0 else f"{stage}[{runtimes or i + 1}]", m))
     return out
 
 
-def stage_times(found: dict[str, dict]) -> dict[str, float]:
-    return {stage: m["timings"]["seconds"] for stage, m in found.items() if "seconds" in m.get("timings", {})}
+def stage_times(found: list[tuple[str, dict]]) -> dict[str, float]:
+    return {label: m["timings"]["seconds"] for label, m in found if "seconds" in m.get("timings", {})}
 
 
 def compare_stages(cuda: dict[str, float], record: dict | None) -> list[dict]:
@@ -58,10 +63,15 @@ def compare_stages(cuda: dict[str, float], record: dict | None) -> list[dict]:
     return out
 
 
-def results_of(found: dict[str, dict]) -> dict | None:
-    m = found.get("benchmark")
-    path = Path(m["_dir"]) / "results.json" if m else None
-    return json.loads(path.read_text()) if path and path.is_file() else None
+def results_of(found: list[tuple[str, dict]]) -> dict | None:
+    """The rows of every benchmark entry together, or None when the benchmark never finished."""
+    rows, seen = [], False
+    for _, m in found:
+        path = Path(m["_dir"]) / "results.json"
+        if m.get("stage") == "benchmark" and path.is_file():
+            rows += json.loads(path.read_text()).get("rows", [])
+            seen = True
+    return {"rows": rows} if seen else None
 
 
 def cuda_rows(results: dict | None) -> list[dict]:
@@ -75,10 +85,9 @@ def row_counts(results: dict | None) -> dict[str, int]:
     return {s: sum(r.get("status") == s for r in rows) for s in ("ok", "unavailable", "failed")}
 
 
-def headline(found: dict[str, dict]) -> dict | None:
+def headline(found: list[tuple[str, dict]]) -> dict | None:
     """The report's headline (the deployed model vs the teacher on the config's target)."""
-    m = found.get("report")
-    path = Path(m["_dir"]) / "report.json" if m else None
+    path = next((Path(m["_dir"]) / "report.json" for _, m in found if m.get("stage") == "report"), None)
     if not path or not path.is_file():
         return None
     return json.loads(path.read_text()).get("headline")
@@ -88,8 +97,8 @@ def first_lines(text: str, n: int = LINES) -> list[str]:
     return [line for line in text.strip().splitlines() if line.strip()][:n]
 
 
-def pipeline_failure(log: Path, rc: int | None) -> dict | None:
-    """The stage that was running when the pipeline stopped, and the end of its log (an
+def pipeline_failure(log: Path, rc: int | None, where: str = "pipeline") -> dict | None:
+    """The stage that was running when an `edgeship run` stopped, and the end of its log (an
     `edgeship: ...` line, or a traceback ending in the exception)."""
     if rc == 0:
         return None
@@ -101,7 +110,7 @@ def pipeline_failure(log: Path, rc: int | None) -> dict | None:
     start = max((i for i, line in enumerate(lines) if line.startswith("Traceback")), default=None)
     tail = lines[start:] if start is not None else lines
     what = ("timed out" if rc is None else f"exit {rc}") + (f" in {stage}" if stage else "")
-    return {"where": "pipeline", "what": what, "lines": tail[-LINES:]}
+    return {"where": where, "what": what, "lines": tail[-LINES:]}
 
 
 def junit(xml_path: Path) -> tuple[dict, list[dict]]:
@@ -132,18 +141,18 @@ def row_failures(results: dict | None) -> list[dict]:
 
 def build(machine: dict, steps: dict[str, dict], store: Path, logs: Path, record: dict | None,
           record_path: Path, extra_failures: list[dict] = (), **more) -> dict:
-    """The summary of one GPU check. `steps` holds each step's record (rc, seconds, ...); `logs`
-    is the folder holding pipeline.log, gpu-tests.log and gpu-tests.xml."""
-    tests_xml, tests_log, pipeline_log = logs / TESTS_XML, logs / TESTS_LOG, logs / PIPELINE_LOG
-    found = manifests(store)
+    """The summary of one GPU check. `steps` holds each step's record (rc, seconds, log, ...);
+    `logs` is the folder holding the steps' logs and gpu-tests.xml."""
+    found = entries(store)
     results = results_of(found)
-    tests, test_failures = junit(tests_xml)
+    tests, test_failures = junit(logs / TESTS_XML)
     failures = list(extra_failures)
-    if "pipeline" in steps:
-        failure = pipeline_failure(pipeline_log, steps["pipeline"]["rc"])
-        failures += [failure] if failure else []
+    for name, step in steps.items():
+        if name != TESTS_STEP and "log" in step:
+            failure = pipeline_failure(logs / step["log"], step["rc"], name)
+            failures += [failure] if failure else []
     failures += row_failures(results) + test_failures
-    rc = steps.get("gpu_tests", {"rc": 0})["rc"]
+    rc, tests_log = steps.get(TESTS_STEP, {"rc": 0})["rc"], logs / TESTS_LOG
     if rc != 0 and not test_failures:   # a timeout, a crash or nothing selected: no failure in the XML
         what = "timed out" if rc is None else f"pytest exit {rc}" + (" (no test selected)" if rc == 5 else "")
         text = tests_log.read_text(errors="replace") if tests_log.is_file() else ""
