@@ -16,7 +16,8 @@ Each step is bounded so the whole check ends within --budget seconds (450: insid
 the machine's start), and no process it started is left running.
 
 Exit codes: 0 every step passed; 1 a step failed (summary.json lists what); 2 usage;
-8 no CUDA device here, or the wheels are not in place (one line says which, and the fix).
+8 no CUDA device here, or the wheels are not in place (one line says which, and the fix);
+130 interrupted (SIGINT or SIGTERM), its processes stopped.
 
     python3 .ci/gpu_check.py --record-cpu .ci/gpu_check_cpu.json
 runs the same stages on this machine's CPU and writes their times: the record the GPU's stage
@@ -246,7 +247,7 @@ def _cpu_name() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpu_check", description=__doc__.split("\n\n")[0],
                                      epilog="exit codes: 0 passed, 1 a step failed (see summary.json), "
-                                     "2 usage, 8 no CUDA device or no wheels")
+                                     "2 usage, 8 no CUDA device or no wheels, 130 interrupted")
     parser.add_argument("--out", type=Path, help="folder for summary.json and the logs (created)")
     parser.add_argument("--config", type=Path, default=CONFIG)
     parser.add_argument("--wheels", type=Path, default=gpu_wheels.FOLDER)
