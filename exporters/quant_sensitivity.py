@@ -31,13 +31,6 @@ def run_onnx(path: Path, inputs: np.ndarray) -> np.ndarray:
     return open_model(path, "onnx").run(inputs)
 
 
-def output_error(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
-    """(mean squared logit error relative to the FP32 logits' mean square, top-1 disagreement)."""
-    mse = float(np.mean((candidate - reference) ** 2) / (np.mean(reference**2) + 1e-12))
-    disagree = float(np.mean(candidate.argmax(-1) != reference.argmax(-1)))
-    return mse, disagree
-
-
 def _channel_axes(node, weight: np.ndarray) -> tuple[int, int]:
     """(output-channel axis, input-channel axis) of a layer's weight."""
     if node.op_type == "Conv":

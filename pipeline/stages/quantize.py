@@ -142,6 +142,9 @@ def run(ctx: Context) -> Result:
                                            sensitivity, max_excluded=q.max_float_layers,
                                            max_candidates=q.rank_candidates, variants=variants,
                                            selection_inputs=selection)
+    if report["steps"]:
+        from exporters.quant_search import format_table
+        logger.info("quantize: layers kept in float, one at a time:\n%s", format_table(report))
     report["qat"] = None
     if not report["within_budget"] and q.qat.enabled:
         report["qat"] = with_qat(cfg, model, pre, splits, source, plain, evaluate, report, int8, ctx.out_dir, val)
