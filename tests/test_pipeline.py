@@ -72,27 +72,31 @@ def test_check_fails_on_a_budget_tighter_than_measured(store, tmp_path):
 
 
 @pytest.mark.slow
-def test_an_int8_budget_miss_keeps_the_run_going_to_a_report(store, tmp_path):
+def test_an_int8_budget_miss_keeps_the_run_going_to_a_report(store, tmp_path, monkeypatch, capsys,
+                                                                restore_logging):
     """An INT8 file outside quantize.max_accuracy_drop does not stop the run: it is benchmarked,
     marked not shipped in the report and by check, and an FP32 artifact is deployed instead."""
     import shutil
+
+    import exporters.quant_search as search
+    from pipeline.cli import main
     copy = tmp_path / "runs"
     shutil.copytree(store, copy)
-    # ranges from one image, no budget at all, no second chance: INT8 loses accuracy here
-    miss = ["quantize.calibration.size=1", "quantize.max_accuracy_drop=0", "quantize.max_float_layers=0",
-            "quantize.variants=[]"]
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "-c", CONFIG, "--set", f"run.store={copy}",
-                           "--set", f"check.junit={tmp_path / 'junit.xml'}",
-                           *[a for item in miss for a in ("--set", item)]],
-                          capture_output=True, text=True, cwd=Path(__file__).parent.parent)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # The tiny model's INT8 file can score above its FP32 one, so the miss is made certain: no
+    # drop holds the budget. What follows the miss is what this test checks.
+    monkeypatch.setattr(search, "within", lambda drop, max_drop: False)
+    monkeypatch.chdir(Path(__file__).parent.parent)
+    args = ["run", "-c", CONFIG, "--set", f"run.store={copy}", "--set", f"check.junit={tmp_path / 'junit.xml'}",
+            "--set", "quantize.max_accuracy_drop=0.5", "--set", "quantize.qat.enabled=false"]
+    assert main(args) == 0
+    out = capsys.readouterr()
     newest = lambda stage, name: max((copy / stage).glob(f"*/{name}"), key=lambda p: p.stat().st_mtime)  # noqa: E731
     quantize = json.loads(newest("quantize", "manifest.json").read_text())
-    assert quantize["metrics"]["within_budget"] is False, quantize["metrics"]["budget"]
+    assert quantize["metrics"]["within_budget"] is False
     why = quantize["outputs"]["onnx_int8"]["metadata"]["not_deployable"]
-    assert "outside quantize.max_accuracy_drop 0 points" in why and "[95% CI" in why
+    assert "outside quantize.max_accuracy_drop 0.5 points" in why and "[95% CI" in why
     report = json.loads(newest("report", "report.json").read_text())
     int8 = [r for r in report["rows"] if r["precision"] == "int8" and r["status"] == "ok"]
     assert int8 and all(r["not_deployable"] == why for r in int8)
     assert "int8" not in report["headline"]["deployed"] and "measured but not shipped" in report["headline"]["text"]
-    assert "not_shipped[onnx_int8]" in proc.stdout + proc.stderr
+    assert "not_shipped[onnx_int8]" in out.out + out.err
