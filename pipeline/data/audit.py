@@ -82,26 +82,27 @@ def _named(groups: list[Copies], with_labels: bool) -> str:
     return "; ".join(one(c) for c in groups[:NAMED]) + more
 
 
+def _sort(text: str, allowed: bool, switch: str, fix: str, warned: list, refused: list) -> None:
+    """A finding is a warning when its switch allows it, else a refusal with its fix."""
+    if allowed:
+        warned.append(f"{text} ({switch}: true)")
+    else:
+        refused.append((text, f"{fix}, or set {switch}: true to train anyway"))
+
+
 def enforce(audit: DataAudit, spec: DataSpec, root: Path) -> None:
     """Stop on leaks and conflicts unless allowed; warn about the rest (one line each)."""
     refused, warned = [], []
     if audit.conflicts:
         text = (f"{len(audit.conflicts)} image(s) under two labels, so one label is wrong for "
                 f"them: {_named(audit.conflicts, True)}")
-        if spec.allow_conflicting_labels:
-            warned.append(text + " (data.allow_conflicting_labels: true)")
-        else:
-            refused.append((text, "keep each under its right class only, or set "
-                                  "data.allow_conflicting_labels: true to train anyway"))
+        _sort(text, spec.allow_conflicting_labels, "data.allow_conflicting_labels",
+              "keep each under its right class only", warned, refused)
     leaks = [c for c in audit.leaks if not c.conflict or spec.allow_conflicting_labels]
     if leaks:
         text = (f"{len(leaks)} val image(s) are copies of training images (train/val leakage: the "
                 f"val accuracy would count images the model learnt): {_named(leaks, False)}")
-        if spec.allow_leakage:
-            warned.append(text + " (data.allow_leakage: true)")
-        else:
-            refused.append((text, "delete the val copy of each, or set data.allow_leakage: true to "
-                                  "train anyway"))
+        _sort(text, spec.allow_leakage, "data.allow_leakage", "delete the val copy of each", warned, refused)
     if refused:
         what = "; and ".join(t for t, _ in refused)
         fixes = "; ".join(f for _, f in refused)
