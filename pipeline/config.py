@@ -239,7 +239,7 @@ class Prune(Strict):
     budget_search_steps: int = Field(5, ge=1, description="bisections of the ratio in latency-budget mode")
     measure_seconds: float = Field(0.3, gt=0, description="timed seconds per model per measurement round")
     measure_rounds: int = Field(10, ge=1, description="short alternating rounds per model; the median "
-                                "round is reported")
+                                "round is reported, ratios and intervals are taken over rounds (2 or more)")
     steps: int = Field(3, ge=1)
     max_accuracy_drop: Optional[float] = Field(
         1.0, ge=0, description="points of val top-1 the pruned model may lose against the "
@@ -335,7 +335,10 @@ class Benchmark(Strict):
     batch_sizes: list[int] = Field(default_factory=lambda: [1])
     warmup: int = Field(10, ge=0)
     min_iterations: int = Field(50, ge=1)
-    min_seconds: float = Field(2.0, ge=0)
+    min_seconds: float = Field(2.0, ge=0, description="timed seconds per row in all, spread over the rounds")
+    rounds: int = Field(8, ge=2, description="interleaved rounds: every row timed once per round in a "
+                        "shuffled order; ratios and their intervals are taken round by round, so "
+                        "more rounds narrow them (cost: about warmup + 2 runs per row per round)")
     threads: int = Field(2, ge=1)
     cuda: bool = Field(True, description="also benchmark on a CUDA GPU when one is present")
     accuracy_images: Optional[int] = Field(None, ge=1, description="val images scored per artifact "

@@ -6,8 +6,10 @@
 
 Every (model, threads) pair gets its own session; all are measured in alternating rounds, so a
 machine whose load changes during the run slows them alike. Prints each pair's median round
-(p50, p90) and its p50 relative to the first pair: the way to check a speed-up claim ("pruned is
-1.3x faster", "two threads beat one") on a noisy machine.
+(p50, p90) and its speed-up over the first pair at p50 and p90, taken round by round with a 95%
+interval over rounds and a verdict (the rule the benchmark report uses, runtimes.stats.paired_ratio):
+the way to check a speed-up claim ("pruned is 1.3x faster", "two threads beat one") on a noisy
+machine.
 """
 from __future__ import annotations
 
@@ -30,6 +32,18 @@ def input_shape(path: Path, shape_arg: str | None) -> tuple[int, ...]:
     return shape
 
 
+def _speedup(first: list, stats: list, stat: str) -> str:
+    """first / this at `stat`, round by round, with its interval and verdict."""
+    from runtimes.stats import paired_ratio
+    if first is stats:
+        return "1 (reference)"
+    if len(stats) < 2:
+        return "(needs 2 rounds)"
+    r = paired_ratio([getattr(s, stat) for s in first], [getattr(s, stat) for s in stats])
+    word = "faster" if r.low > 1 else "slower" if r.high < 1 else "within noise"
+    return f"{r.estimate:.2f}x [{r.low:.2f}-{r.high:.2f}] {word}"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m runtimes.side_by_side", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -38,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="a runtime that loads model files (see `edgeship runtimes`)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, nargs="+", default=[2], help="thread counts to compare")
-    p.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5, at least 2)")
     p.add_argument("--seconds", type=float, default=0.3, help="timed seconds per model per round")
     p.add_argument("--shape", help="input shape, e.g. 1,3,224,224 (default: from the first model)")
     return p
@@ -68,15 +82,17 @@ def main(argv: list[str] | None = None) -> int:
     runs = measure_alternating(sessions, batch, args.rounds, min_seconds=args.seconds)
 
     print(f"{args.runtime}/{args.device}, input {shape}, {args.rounds} alternating rounds of >= "
-          f"{args.seconds:g} s; per row the round with the median p50")
-    print(f"{'model':<50} {'threads':>7} {'p50 ms':>9} {'p90 ms':>9} {'vs first':>9}   rounds p50")
+          f"{args.seconds:g} s; per row the round with the median p50, and the speed-up over the "
+          f"first row taken round by round [95% interval over rounds]")
+    print(f"{'model':<44} {'threads':>7} {'p50 ms':>8} {'p90 ms':>8}  {'speed-up p50':<26} {'speed-up p90':<26}")
     first = None
     for (model, threads), stats in runs.items():
         chosen = median_round(stats)
-        first = first or chosen.p50_ms
-        rounds = " ".join(f"{s.p50_ms:.3f}" for s in stats)
-        print(f"{model[-50:]:<50} {threads:>7} {chosen.p50_ms:>9.3f} {chosen.p90_ms:>9.3f} "
-              f"{first / chosen.p50_ms:>8.2f}x   {rounds}")
+        first = first or stats
+        cells = [_speedup(first, stats, stat) for stat in ("p50_ms", "p90_ms")]
+        print(f"{model[-44:]:<44} {threads:>7} {chosen.p50_ms:>8.3f} {chosen.p90_ms:>8.3f}  "
+              f"{cells[0]:<26} {cells[1]:<26}")
+        print(f"{'':<44} {'':>7} rounds p50: " + " ".join(f"{s.p50_ms:.3f}" for s in stats))
     return 0
 
 

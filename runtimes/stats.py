@@ -131,3 +131,45 @@ def keep_samples(durations_ns, limit: int = SAMPLE_LIMIT, seed: int = 0) -> list
         ns = ns[keep]
     us = ns / 1e3
     return [round(v, 3) if v < 10 else round(v) for v in us.tolist()]
+
+
+# Two-sided 97.5% quantiles of Student's t by degrees of freedom (1..30); beyond 30, the normal's.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def paired_ratio(a_rounds, b_rounds) -> Interval:
+    """a / b from rounds in which both were measured next to each other: the geometric mean of
+    the per-round ratios with a 95% Student-t interval over rounds (on their logarithms).
+
+    The unit of evidence is the round, not the run: runs inside one round share the host's state
+    (a busy or quiet stretch, a clock step), so only the spread between rounds says how far the
+    ratio would move if it were measured again. Needs at least 2 rounds with positive values.
+    """
+    a, b = np.asarray(a_rounds, dtype=np.float64), np.asarray(b_rounds, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size < 2:
+        raise ValueError(f"paired_ratio needs two equal-length lists of at least 2 rounds, got "
+                         f"{a.shape} and {b.shape}")
+    if (a <= 0).any() or (b <= 0).any():
+        raise ValueError("paired_ratio needs positive latencies in every round")
+    est, low, high = paired_ratio_bounds(a[None], b[None])
+    return Interval(float(est[0]), float(low[0]), float(high[0]), LEVEL)
+
+
+def round_interval(values) -> Interval:
+    """One model's statistic over rounds (e.g. each round's p50): the geometric mean with the
+    same 95% Student-t interval over rounds that paired_ratio gives a ratio."""
+    values = np.asarray(values, dtype=np.float64)
+    return paired_ratio(values, np.ones_like(values))
+
+
+def paired_ratio_bounds(a_rounds: np.ndarray, b_rounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`paired_ratio` for many pairs at once: arrays of shape (m, rounds); returns (estimate,
+    low, high), each of shape (m,). For simulations of the verdicts."""
+    logs = np.log(a_rounds) - np.log(b_rounds)
+    n = logs.shape[-1]
+    t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96   # n - 1 degrees of freedom
+    mean = logs.mean(axis=-1)
+    half = t * logs.std(axis=-1, ddof=1) / math.sqrt(n)
+    return np.exp(mean), np.exp(mean - half), np.exp(mean + half)

@@ -22,8 +22,9 @@ def fixture(tmp_path_factory):
     root = tmp_path_factory.getbasetemp() / "bench-store"
     manifests = bench_fixture.build(root)
     cfg = bench_fixture.config(root)
-    rows = build_rows(manifests, cfg, log=lambda msg: None)
-    return {"manifests": manifests, "cfg": cfg, "rows": {r["id"]: r for r in rows}, "list": rows}
+    rows, floor = build_rows(manifests, cfg, log=lambda msg: None)
+    return {"manifests": manifests, "cfg": cfg, "rows": {r["id"]: r for r in rows}, "list": rows,
+            "floor": floor}
 
 
 def _ok(rows, rid):
@@ -70,6 +71,23 @@ def test_every_artifact_is_measured_on_every_cpu_runtime(fixture):
     # Exported artifacts carry the counts of the torch model they came from.
     assert rows["onnx_int8@openvino/cpu/b1"]["params"] == rows["student@torch/cpu/b1"]["params"] > 0
     assert rows["onnx_int8@openvino/cpu/b1"]["macs"] == rows["student@torch/cpu/b1"]["macs"] > 0
+
+
+def test_rows_are_timed_in_interleaved_rounds_each_runtime_in_its_process(fixture):
+    bench = fixture["cfg"].benchmark
+    ok = [r for r in fixture["list"] if r["status"] == "ok"]
+    assert {len(r["rounds"]) for r in ok} == {bench.rounds} and len({r["rounds_id"] for r in ok}) == 1
+    assert all(r["process"] == r["runtime"] for r in ok)      # one worker process per runtime
+    for r in ok:                                              # pooled p50 lies among the rounds' p50
+        p50s = [x["p50_ms"] for x in r["rounds"]]
+        assert min(p50s) <= r["p50_ms"] * 1.0001 and r["p50_ms"] <= max(p50s) * 1.0001
+    floor = fixture["floor"]
+    assert floor["row"] == "onnx_fp32@onnxruntime/cpu/b1"
+    assert floor["processes"] == ["onnxruntime", "onnxruntime (second process)"]
+    assert len(floor["second"]["rounds"]) == bench.rounds and floor["p90"]["low"] <= floor["p90"]["high"]
+    orders = floor["round_orders"]
+    assert len(orders) == bench.rounds and len({tuple(o) for o in orders}) > 1   # shuffled per round
+    assert all(sorted(o) == sorted([r["id"] for r in ok] + ["A/A second process"]) for o in orders)
 
 
 def test_sizes_are_the_model_files_on_disk(fixture):

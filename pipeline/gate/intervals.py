@@ -1,10 +1,11 @@
 """Intervals over benchmark rows: a row's percentile, the ratio of two rows, the noise floor.
 
-A row's `samples_us` are its per-run durations. The ratio of two rows at p50 or p90 comes with
-a bootstrap interval (runtimes.stats), widened in log space by the noise floor: how far the
-benchmark's A/A pair (one artifact measured twice in the run) strayed from 1. Runs measured in
-one block share the machine's state, so the bootstrap alone is too sure of itself; the A/A
-pair measures how much two blocks of the same model differ on this host at this time.
+A row's `samples_us` are its per-run durations and its `rounds` each interleaved round's p50/p90.
+Two rows of one benchmark are compared round by round (runtimes.stats.paired_ratio): the round is
+the unit that repeats, runs inside one round share the machine's state. Rows of different runs
+(a baseline) have no rounds in common, so their ratio comes with a bootstrap interval over pooled
+runs. Either is widened in log space by the noise floor: how far the benchmark's A/A pair (one
+artifact measured twice, in two processes) strayed from 1.
 
 Words used everywhere (report, gate, compare): a ratio a/b is "slower" when its interval lies
 above 1, "faster" when below, "within noise" when it holds 1.
@@ -15,7 +16,7 @@ import math
 
 import numpy as np
 
-from runtimes.stats import Interval, quantile_ci, ratio_ci
+from runtimes.stats import Interval, paired_ratio, quantile_ci, ratio_ci
 
 QUANTILES = {"p50": 0.5, "p90": 0.9}
 SLOWER, FASTER, WITHIN_NOISE = "slower", "faster", "within noise"
@@ -47,9 +48,25 @@ def combined_margin(*floors: dict | None, stat: str) -> float:
     return math.sqrt(sum(margin(f, stat) ** 2 for f in floors))
 
 
+def paired_rounds(a: dict, b: dict, stat: str) -> tuple[list[float], list[float]] | None:
+    """Both rows' per-round `stat` when they were timed in the same interleaved rounds (same
+    benchmark run, same number of rounds); None otherwise."""
+    ra, rb = a.get("rounds"), b.get("rounds")
+    if not ra or not rb or len(ra) != len(rb) or len(ra) < 2:
+        return None
+    if not a.get("rounds_id") or a.get("rounds_id") != b.get("rounds_id"):
+        return None
+    return [r[f"{stat}_ms"] for r in ra], [r[f"{stat}_ms"] for r in rb]
+
+
 def ratio(a: dict, b: dict, stat: str, widen: float = 0.0) -> Interval | None:
-    """stat(a) / stat(b) with its interval widened by `widen` (log); None when a row has no
-    samples (a report from before samples were kept)."""
+    """stat(a) / stat(b) with its interval widened by `widen` (log). Rows timed in the same
+    rounds are compared round by round (runtimes.stats.paired_ratio); rows of different runs (a
+    baseline) by a bootstrap of their pooled samples. None when a row has no samples (a report
+    from before samples were kept)."""
+    paired = paired_rounds(a, b, stat)
+    if paired is not None:
+        return paired_ratio(*paired).widened(widen)
     xa, xb = samples(a), samples(b)
     if xa is None or xb is None:
         return None

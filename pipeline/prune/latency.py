@@ -84,29 +84,30 @@ class LatencyProbe:
     def measure_together(self, sessions: dict[str, object], pre: Preprocessing,
                          rounds: int) -> dict[str, dict]:
         """Time every session in `rounds` alternating rounds (see runtimes.harness.measure_alternating);
-        report each model's median round (by p50), list every round's p50, and give p50/p90
-        intervals from all rounds' runs pooled. Every model after the first also gets its
-        speed-up over the first with intervals and a verdict (faster only when the interval
-        excludes 1), the words the report uses.
+        report each model's median round (by p50) and every round's p50, with p50/p90 intervals
+        over rounds. Every model after the first also gets its speed-up over the first, taken
+        round by round (runtimes.stats.paired_ratio, the rule the benchmark's verdicts use), and
+        a verdict: faster only when the interval excludes 1.
 
         Returns {name: LatencyStats.to_dict() + {"rounds_p50_ms", "p50_ci", "p90_ci", "vs_first"}}.
         """
-        from runtimes.harness import measure_alternating, median_round, pooled_samples
-        from runtimes.stats import quantile_ci, ratio_ci
+        from runtimes.harness import measure_alternating, median_round
+        from runtimes.stats import paired_ratio, round_interval
         runs = measure_alternating(sessions, self.batch_of(pre), rounds, warmup=_WARMUP,
                                    min_iterations=_MIN_ITERATIONS, min_seconds=self.seconds)
-        pooled = {name: np.asarray(pooled_samples(stats), dtype=np.float64) / 1e6 for name, stats in runs.items()}
+        per_round = {name: {"p50": [s.p50_ms for s in stats], "p90": [s.p90_ms for s in stats]}
+                     for name, stats in runs.items()}
         first = next(iter(runs))
         out = {}
         for name, stats in runs.items():
-            x = pooled[name]
-            out[name] = {**median_round(stats).to_dict(), "rounds_p50_ms": [round(s.p50_ms, 4) for s in stats]}
-            for stat, q in (("p50", 0.5), ("p90", 0.9)):
-                out[name][f"{stat}_ci"] = quantile_ci(x, q).to_dict() if x.size > 1 else None
-            if name != first and x.size > 1 and pooled[first].size > 1:
+            mine = per_round[name]
+            out[name] = {**median_round(stats).to_dict(), "rounds_p50_ms": [round(v, 4) for v in mine["p50"]]}
+            for stat in ("p50", "p90"):
+                out[name][f"{stat}_ci"] = round_interval(mine[stat]).to_dict() if rounds > 1 else None
+            if name != first and rounds > 1:
                 vs = {"reference": first}
-                for stat, q in (("p50", 0.5), ("p90", 0.9)):
-                    r = ratio_ci(pooled[first], x, q)      # reference / this one: the speed-up
+                for stat in ("p50", "p90"):
+                    r = paired_ratio(per_round[first][stat], mine[stat])   # reference / this one: the speed-up
                     vs[stat] = {**r.to_dict(), "verdict": "faster" if r.low > 1 else
                                 "slower" if r.high < 1 else "within noise"}
                 out[name]["vs_first"] = vs
@@ -117,4 +118,4 @@ class LatencyProbe:
                 f"and pruned models measured in the same run, {rounds} alternating rounds of at least "
                 f"{_MIN_ITERATIONS} runs and {self.seconds:g} s each after {_WARMUP} warm-up runs; "
                 "per model the round with the median p50 is reported; all rounds' p50 are listed; "
-                "intervals are 95% bootstrap intervals over all rounds' runs pooled")
+                "intervals are 95% Student-t intervals over rounds, ratios taken round by round")

@@ -42,11 +42,16 @@ def pick_deployed(within: list[dict], noise_floor: dict | None) -> tuple[dict, s
 
 def speedup(slow: dict, fast: dict, stat: str, noise_floor: dict | None) -> dict | None:
     """How many times faster `fast` is than `slow` at `stat`, with the interval and the word:
-    {"estimate", "low", "high", "level", "verdict": faster | slower | within noise}."""
+    {"estimate", "low", "high", "level", "verdict": faster | slower | within noise}, and, for rows
+    timed in the same rounds, the speed-up of every round ("rounds") so the spread shows."""
     ratio = intervals.ratio(fast, slow, stat, intervals.margin(noise_floor, stat))
     if ratio is None:
         return None
-    return {**intervals.speedup(ratio).to_dict(), "verdict": intervals.claim(ratio)}
+    out = {**intervals.speedup(ratio).to_dict(), "verdict": intervals.claim(ratio)}
+    paired = intervals.paired_rounds(slow, fast, stat)
+    if paired:
+        out["rounds"] = [round(s / f, 3) for s, f in zip(*paired)]
+    return out
 
 
 def _pairs(rows: list[dict]):
@@ -68,10 +73,11 @@ def _pairs(rows: list[dict]):
 
 
 def int8_note(entry: dict, cpu: dict | None) -> str | None:
-    """Why an INT8 row is not faster than its FP32 row, from what this CPU can do; None when it
-    is faster (or the claim is not int8 vs fp32)."""
+    """Why an INT8 row is slower than its FP32 row, from what this CPU can do; None unless the
+    interval says slower (a verdict within noise gets no explanation: there is nothing to
+    explain until a re-measurement would show it again), or the claim is not int8 vs fp32."""
     p90 = entry.get("p90")
-    if entry["kind"] != "int8 vs fp32" or not p90 or p90["verdict"] == "faster":
+    if entry["kind"] != "int8 vs fp32" or not p90 or p90["verdict"] != intervals.SLOWER:
         return None
     flags = set((cpu or {}).get("flags") or [])
     if not (cpu or {}).get("vnni") and "avx2" in flags:
@@ -86,8 +92,8 @@ def int8_note(entry: dict, cpu: dict | None) -> str | None:
 
 
 def speedup_claims(rows: list[dict], noise_floor: dict | None, cpu: dict | None = None) -> list[dict]:
-    """Every pair of _pairs measured in the run, at p50 and p90; an INT8 row that is not faster
-    carries the reason (int8_note) for the CPU described by `cpu` (the environment's record)."""
+    """Every pair of _pairs measured in the run, at p50 and p90; an INT8 row that is slower beyond
+    the noise carries the reason (int8_note) for the CPU described by `cpu` (the environment's record)."""
     out = []
     for kind, base, row in _pairs(rows):
         entry = {"kind": kind, "baseline": base["id"], "candidate": row["id"]}
@@ -96,7 +102,8 @@ def speedup_claims(rows: list[dict], noise_floor: dict | None, cpu: dict | None 
         p90 = entry["p90"]
         entry["text"] = (f"{row['id']} vs {base['id']}: " + (
             "no samples" if p90 is None else f"{p90['estimate']:.2f}x at p90 "
-            f"[{p90['level']:.0%} CI {p90['low']:.2f}-{p90['high']:.2f}], {p90['verdict']}"))
+            f"[{p90['level']:.0%} CI {p90['low']:.2f}-{p90['high']:.2f}], {p90['verdict']}"
+            + (f" (rounds: {' '.join(f'{v:.2f}' for v in p90['rounds'])})" if p90.get("rounds") else "")))
         # `cpu` describes this machine; a target's rows ran on another CPU.
         note = None if row.get("target") else int8_note(entry, cpu)
         if note:
@@ -107,15 +114,15 @@ def speedup_claims(rows: list[dict], noise_floor: dict | None, cpu: dict | None 
 
 
 def int8_not_shipped(headline: dict | None, claims: list[dict]) -> str | None:
-    """Why no INT8 artifact was shipped on the headline's runtime, when its INT8 row was not faster
-    than the FP32 one (the reason from int8_note); None otherwise."""
+    """Why no INT8 artifact was shipped on the headline's runtime, when its INT8 row was slower
+    than the FP32 one beyond the noise (the reason from int8_note); None otherwise."""
     if not headline or headline.get("deployed_artifact", "").endswith("int8"):
         return None
     suffix = f"@{headline['deployed_runtime']}/{headline['deployed_device']}/"
     for c in claims:
         if c.get("note") and suffix in c["candidate"]:
-            return (f"INT8 was not shipped: {c['candidate']} is not faster than FP32 at p90 "
-                    f"({c['p90']['verdict']}): {c['note']}.")
+            return (f"INT8 was not shipped: {c['candidate']} is slower than FP32 at p90 beyond "
+                    f"the noise: {c['note']}.")
     return None
 
 

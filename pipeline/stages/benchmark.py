@@ -37,7 +37,7 @@ def params(cfg: Config) -> dict:
 
 def run(ctx: Context) -> Result:
     from runtimes.environment import describe_environment as describe
-    from pipeline.measure.noise import index_rows, measure_noise_floor
+    from pipeline.measure.noise import index_rows
     from pipeline.measure.rows import build_rows, summary
     from pipeline.report.claims import noisy_host
     from runtimes.cpus import usable_cores
@@ -45,8 +45,7 @@ def run(ctx: Context) -> Result:
     started = time.time()
     monitor = HostLoadMonitor(usable_cores=usable_cores()).start()
     try:
-        rows = build_rows(ctx.inputs, ctx.cfg)
-        floor = measure_noise_floor(rows, ctx.inputs, ctx.cfg)
+        rows, floor = build_rows(ctx.inputs, ctx.cfg)
     finally:
         host = monitor.stop()
     index_rows(rows)
@@ -65,6 +64,6 @@ def run(ctx: Context) -> Result:
                   metrics={**counts, "seconds": results["seconds"]})
 
 
-STAGE = Stage(name="benchmark", version=2,
+STAGE = Stage(name="benchmark", version=3,
               deps=("finetune", "distill", "prune", "quantize", "export"), params=params, run=run,
               machine_dependent=True)
