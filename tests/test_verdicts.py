@@ -325,8 +325,8 @@ def test_rows_of_one_benchmark_are_compared_round_by_round():
     fp32 = _row("onnx_fp32", _draw(rng, "log-normal", 400), rounds=rounds(1.0), rounds_id="run-1")
     int8 = _row("onnx_int8", _draw(rng, "log-normal", 400, 1.02), precision="int8", rounds=rounds(1.01),
                 rounds_id="run-1")
-    r = ratio(int8, fp32, "p90")
-    assert r.estimate == pytest.approx(1.01) and r.high - r.low < 0.05     # the 2x drift cancels
+    r = ratio(int8, fp32, "p90")      # centred on the pooled p90s, as wide as the rounds' spread
+    assert r.estimate == pytest.approx(int8["p90_ms"] / fp32["p90_ms"]) and r.high - r.low < 0.05
     claim = speedup_claims([fp32, int8], None, {"flags": ["avx2"], "vnni": False})[0]
     assert len(claim["p90"]["rounds"]) == ROUNDS and "rounds: 0.99" in claim["text"]
     noisy = _row("onnx_int8", _draw(rng, "log-normal", 400), precision="int8", rounds_id="run-1",

@@ -2,7 +2,8 @@
 
 A row's `samples_us` are its per-run durations and its `rounds` each interleaved round's p50/p90.
 Two rows of one benchmark are compared round by round (runtimes.stats.paired_ratio): the round is
-the unit that repeats, runs inside one round share the machine's state. Rows of different runs
+the unit that repeats, runs inside one round share the machine's state; the interval's width
+comes from the rounds and its centre from the rows' own pooled percentiles. Rows of different runs
 (a baseline) have no rounds in common, so their ratio comes with a bootstrap interval over pooled
 runs. Either is widened in log space by the noise floor: how far the benchmark's A/A pair (one
 artifact measured twice, in two processes) strayed from 1.
@@ -66,7 +67,12 @@ def ratio(a: dict, b: dict, stat: str, widen: float = 0.0) -> Interval | None:
     from before samples were kept)."""
     paired = paired_rounds(a, b, stat)
     if paired is not None:
-        return paired_ratio(*paired).widened(widen)
+        # The spread comes from the rounds; the estimate from all runs pooled (the rows' own
+        # percentiles): a slow model's round has few runs, and a p90 of few runs leans high.
+        spread = paired_ratio(*paired)
+        pooled = a[f"{stat}_ms"] / b[f"{stat}_ms"]
+        shift = pooled / spread.estimate
+        return Interval(pooled, spread.low * shift, spread.high * shift, spread.level).widened(widen)
     xa, xb = samples(a), samples(b)
     if xa is None or xb is None:
         return None
