@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -221,7 +222,43 @@ def test_side_by_side_command_measures_every_model_and_thread_count(tmp_path):
     rows = [line for line in done.stdout.splitlines() if line.rstrip().split()[0].endswith(".onnx")]
     assert [(r.split()[0][-6:], r.split()[1]) for r in rows] == [
         ("a.onnx", "1"), ("a.onnx", "2"), ("b.onnx", "1"), ("b.onnx", "2")]
-    assert rows[0].split()[4] == "1.00x" and all(len(r.split()) == 8 for r in rows)
+    assert "1 (reference)" in rows[0]
+    for row in rows[1:]:    # speed-up at p50 and p90 over the first row, with interval and verdict
+        assert len(re.findall(r"\d+\.\d\dx \[\d+\.\d\d-\d+\.\d\d\] (?:faster|slower|within noise)", row)) == 2
+    assert done.stdout.count("rounds p50:") == 4
+
+
+def _conv_chain(path, depth):
+    """`depth` 3x3 convolutions of 8 channels on a 1x3x32x32 input: work grows with depth."""
+    rng = np.random.default_rng(2)
+    nodes, inits, prev = [], [], "x"
+    for i in range(depth):
+        cin = 3 if i == 0 else 8
+        inits.append(numpy_helper.from_array(rng.standard_normal((8, cin, 3, 3)).astype(np.float32), f"w{i}"))
+        nodes.append(helper.make_node("Conv", [prev, f"w{i}"], [f"y{i}"], pads=[1, 1, 1, 1]))
+        prev = f"y{i}"
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, 8, 32, 32])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_a_busy_host_widens_verdicts_but_never_turns_them(tmp_path):
+    """Two CPU burners (bounded to 60 s) load every core while side_by_side compares a model with
+    itself and with one doing 6x the work: the slower model is never called faster."""
+    a, same, slow = (_conv_chain(tmp_path / f"{n}.onnx", d) for n, d in (("a", 2), ("same", 2), ("slow", 12)))
+    burn = "import time\nend = time.time() + 60\nwhile time.time() < end: pass"
+    burners = [subprocess.Popen([sys.executable, "-c", burn]) for _ in range(2)]
+    try:
+        done = _side_by_side(a, same, slow, "--rounds", 6, "--seconds", 0.05, "--threads", 1)
+    finally:
+        for b in burners:
+            b.kill()
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[0].rsplit("/", 1)[-1]: line for line in done.stdout.splitlines()
+            if line.split() and line.split()[0].endswith(".onnx")}
+    print(rows["same.onnx"], rows["slow.onnx"], sep="\n")
+    assert "faster" not in rows["slow.onnx"]
 
 
 def test_side_by_side_names_what_is_wrong(tmp_path):
