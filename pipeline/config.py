@@ -78,6 +78,10 @@ class DataSpec(Strict):
     near_duplicate_bits: int = Field(4, ge=0, le=32, description="val images whose 64-bit "
                                      "perceptual hash is within this many bits of a training "
                                      "image's are named as near copies (warned, recorded)")
+    exclude: Union[list[str], str] = Field(
+        default_factory=list, description="images left out of both splits: paths relative to "
+        "data.root (train/<class>/<file>), as a list or the path of a text file with one per line; "
+        "each must match an image (a config error names the one that does not)")
     synthetic_size: int = Field(3000, ge=10, description="images rendered for synthetic-digits")
     val_fraction: float = Field(0.25, gt=0, lt=1, description="held-out share for built-in datasets")
 
@@ -86,6 +90,9 @@ class DataSpec(Strict):
         if self.kind == DataKind.imagefolder and not self.root:
             raise ValueError("data.root is required when data.kind is 'imagefolder' "
                              "(set it to a folder holding train/<class>/ and val/<class>/)")
+        if self.exclude and self.kind != DataKind.imagefolder:
+            raise ValueError(f"data.exclude names images of an ImageFolder tree, but data.kind is "
+                             f"'{self.kind.value}'; remove data.exclude or set data.kind: imagefolder")
         return self
 
 

@@ -19,11 +19,12 @@ from pipeline.data.imageset import DataWarning
 
 def audit_tree(spec: DataSpec, store_root: str | Path | None) -> tuple[DataAudit, Path]:
     """(the audit of the ImageFolder tree at spec.root, that root); refuses nothing itself."""
-    from pipeline.data.imagefolder import scan_tree
+    from pipeline.data.imagefolder import scan_tree, without_excluded
     from pipeline.data.scan_cache import ScanCache
     root = Path(spec.root).expanduser()
     cache = ScanCache.in_store(store_root) if store_root else None
-    _, entries, _ = scan_tree(root, spec.skip_corrupt, cache)
+    _, entries, skipped = scan_tree(root, spec.skip_corrupt, cache)
+    entries, _ = without_excluded(spec, root, entries, skipped)      # as a run leaves them out
     images = [s for split in ("train", "val") for _, s in entries[split]]
     return audit_images(images, spec.near_duplicate_bits), root
 

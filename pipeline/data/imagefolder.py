@@ -157,6 +157,25 @@ def scan_tree(root: Path, skip_corrupt: bool, cache: ScanCache | None = None
     return classes, entries, [r for r, _ in bad]
 
 
+def without_excluded(spec: DataSpec, root: Path, entries: dict[str, list[tuple[int, Scanned]]],
+                     skipped: list[str]) -> tuple[dict[str, list[tuple[int, Scanned]]], list[str]]:
+    """(the scan's entries less the images `data.exclude` names, those names); an entry naming
+    no image of the tree (nor an unreadable one skipped) is a config error."""
+    from pipeline.data.exclude import split_off
+    present = {s.rel for split in _SPLITS for _, s in entries[split]} | set(skipped)
+    excluded = split_off(spec.exclude, root, present)
+    if not excluded:
+        return entries, []
+    gone = set(excluded)
+    kept = {split: [(t, s) for t, s in entries[split] if s.rel not in gone] for split in _SPLITS}
+    for split in _SPLITS:
+        if not kept[split]:
+            raise DataError(f"data.exclude leaves no image in {root / split}; exclude fewer images")
+    logger.info("data: %d image(s) left out (data.exclude): %s", len(excluded),
+                ", ".join(excluded[:_LISTED]) + (" ..." if len(excluded) > _LISTED else ""))
+    return kept, excluded
+
+
 def load_unlabelled_folder(root: str, skip_corrupt: bool = False,
                            setting: str = "distill.unlabelled_root") -> ImageSet:
     """Every image under `root` (any depth), checked like a training tree, as an ImageSet with no
@@ -191,6 +210,7 @@ def load_imagefolder_splits(spec: DataSpec, cache: ScanCache | None = None) -> S
     `cache` keeps what the scan learned between runs (see `scan_cache`)."""
     root = Path(spec.root).expanduser()
     classes, entries, skipped = scan_tree(root, spec.skip_corrupt, cache)
+    entries, excluded = without_excluded(spec, root, entries, skipped)
     audit = audit_images([s for split in _SPLITS for _, s in entries[split]], spec.near_duplicate_bits)
     enforce(audit, spec, root)
     sets = {}
@@ -205,4 +225,4 @@ def load_imagefolder_splits(spec: DataSpec, cache: ScanCache | None = None) -> S
     fingerprint = sha256_json({"kind": spec.kind.value, "classes": classes,
                                "train": sets["train"].fingerprint, "val": sets["val"].fingerprint})
     return Splits(train=sets["train"], val=sets["val"], classes=list(classes),
-                  fingerprint=fingerprint, skipped=skipped, audit=audit.to_dict())
+                  fingerprint=fingerprint, skipped=skipped, audit=audit.to_dict(), excluded=excluded)

@@ -92,7 +92,8 @@ class Splits:
 
     `fingerprint` hashes the content-defining spec fields, every id and target, and the image
     content, so any cache keyed on it changes when the data changes. `skipped` lists the ids of
-    unreadable images dropped under `data.skip_corrupt`; `audit` is the data audit's record
+    unreadable images dropped under `data.skip_corrupt`, `excluded` those left out by
+    `data.exclude`; `audit` is the data audit's record
     (`pipeline.data.audit`), None for the built-in datasets.
     """
 
@@ -102,6 +103,7 @@ class Splits:
     fingerprint: str
     skipped: list[str] = field(default_factory=list)
     audit: dict | None = None
+    excluded: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
         """Counts for manifests and reports."""

@@ -22,9 +22,15 @@ def data_params(cfg: Config) -> dict:
 
     data.root is left out: the fingerprint covers every image's path under the root and its
     bytes, so a tree moved elsewhere with the same content keeps its cached stages. The audit's
-    switches are left out too: they decide whether a run may start, never what it computes."""
+    switches are left out too: they decide whether a run may start, never what it computes.
+    data.exclude counts as the images it leaves out (their paths, sorted), not as written: a list
+    file moved elsewhere keeps the key, an edited one changes it; left empty it is not in the key
+    at all, so keys from before the setting existed still match."""
     from pipeline.data import load_splits
+    splits = load_splits(cfg.data, cfg.run.seed, cfg.run.store)
     spec = cfg.data.model_dump(mode="json")
-    for key in ("root", "allow_leakage", "allow_conflicting_labels", "near_duplicate_bits"):
+    for key in ("root", "allow_leakage", "allow_conflicting_labels", "near_duplicate_bits", "exclude"):
         spec.pop(key, None)
-    return {"data": spec, "fingerprint": load_splits(cfg.data, cfg.run.seed, cfg.run.store).fingerprint}
+    if splits.excluded:
+        spec["exclude"] = splits.excluded
+    return {"data": spec, "fingerprint": splits.fingerprint}

@@ -27,21 +27,35 @@ def params(cfg: Config) -> dict:
 
 
 def data_audit(cfg: Config, strategy: dict) -> dict | None:
-    """The data audit's record (ImageFolder trees), with the val images the probe's frozen
-    features found looking like one training image (None where the probe did not run)."""
+    """The data audit's record (ImageFolder trees): the scan's findings, the images per class and
+    split, what data.exclude left out, and from the probe's frozen features the val images that
+    look like one training image and the likely mislabels (None where the probe did not run)."""
     from pipeline.data import load_splits
     from pipeline.train.lookalikes import MARGIN
-    audit = load_splits(cfg.data, cfg.run.seed, cfg.run.store).audit
-    if audit is None:
+    splits = load_splits(cfg.data, cfg.run.seed, cfg.run.store)
+    if splits.audit is None:
         return None
-    found = strategy.get("probe", {}).get("lookalikes")
+    probe = strategy.get("probe", {})
+    found = probe.get("lookalikes")
     if found:
         shown = ", ".join(f"{p['val']} ~ {p['train']} ({p['margin']:.2f})" for p in found[:3])
         logger.info(
             f"  data: {len(found)} val image(s) look like one training image in the frozen features "
             f"(margin >= {MARGIN:.2f}; the same object or photo session?): {shown}"
             f"{' ...' if len(found) > 3 else ''}; all are in the finetune manifest (data_audit)")
-    return {**audit, "lookalikes": found}
+    mislabels = probe.get("mislabels")
+    if mislabels and mislabels.get("count"):
+        top = mislabels["suspects"]
+        shown = ", ".join(f"{s['path']} ({s['label']}, looks {s['predicted']} {s['confidence']:.2f})"
+                          for s in top[:3])
+        logger.info(
+            f"  data: {mislabels['count']} image(s) whose label the frozen features confidently "
+            f"disagree with (likely mislabels; confident learning): {shown}"
+            f"{' ...' if len(top) > 3 else ''}; the first {len(top)} are in the finetune manifest "
+            f"(data_audit); leave wrong ones out with data.exclude")
+    return {**splits.audit, "lookalikes": found, "mislabels": mislabels,
+            "class_counts": {"train": splits.train.class_counts(), "val": splits.val.class_counts()},
+            "excluded": splits.excluded}
 
 
 def run(ctx: Context) -> Result:

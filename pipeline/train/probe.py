@@ -29,6 +29,7 @@ class ProbeResult:
     scores: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     lookalikes: list[dict] | None = None     # see pipeline.train.lookalikes; None: not looked for
+    mislabels: dict | None = None            # see pipeline.train.mislabels; None: not looked for
 
     def to_dict(self) -> dict:
         out = {"val_top1": self.val_top1, "train_top1": self.train_top1, "l2": self.l2,
@@ -36,6 +37,8 @@ class ProbeResult:
                "seconds": round(self.seconds, 2)}
         if self.lookalikes is not None:
             out["lookalikes"] = self.lookalikes
+        if self.mislabels is not None:
+            out["mislabels"] = self.mislabels
         return out
 
 
@@ -63,7 +66,7 @@ def features(model, dataset, device) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(captured), targets
 
 
-def _fit_logistic(z: torch.Tensor, y: torch.Tensor, classes: int, l2: float):
+def fit_logistic(z: torch.Tensor, y: torch.Tensor, classes: int, l2: float):
     """Multinomial logistic regression on standardised features z (full batch, L-BFGS)."""
     w = torch.zeros(classes, z.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
@@ -96,7 +99,7 @@ def fit_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor,
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
     best, scores = None, []
     for l2 in l2_grid:
-        w, b = _fit_logistic((x - mean) / std, y, classes, l2)
+        w, b = fit_logistic((x - mean) / std, y, classes, l2)
         w_raw = w / std
         b_raw = b - w_raw @ mean
         val_loss = F.cross_entropy(xv @ w_raw.T + b_raw, yv).item()
@@ -118,22 +121,32 @@ def load_head(model, probe: ProbeResult) -> None:
 
 
 def linear_probe(model, train_set, val_set, device, l2_grid: list[float], desc: str = "probe",
-                 find_lookalikes: bool = False) -> ProbeResult:
+                 audit_data: bool = False) -> ProbeResult:
     """Fit the model's head on its frozen features (eval-mode pixels of both splits) and load
-    the fitted head into the model. `find_lookalikes`: also list val images that look like one
-    training image, from the same features (the sets must be TorchImageSets, for the ids)."""
+    the fitted head into the model. `audit_data`: also list, from the same features, val images
+    that look like one training image and images whose label the features confidently disagree
+    with (the sets must be TorchImageSets, for the ids)."""
     start = time.time()
     model.to(device)
     train, val = features(model, train_set, device), features(model, val_set, device)
     extract = time.time() - start
     result = fit_probe(train, val, len(train_set.classes), l2_grid)
     load_head(model, result)
-    if find_lookalikes:
+    audited = ""
+    if audit_data:
         from pipeline.train.lookalikes import lookalikes
+        from pipeline.train.mislabels import likely_mislabels
         result.lookalikes = lookalikes(train[0].numpy(), val[0].numpy(), train_set.images.ids,
                                        val_set.images.ids)
+        t0 = time.time()
+        result.mislabels = likely_mislabels((train[0].numpy(), train[1].numpy()),
+                                            (val[0].numpy(), val[1].numpy()),
+                                            (train_set.images.ids, val_set.images.ids),
+                                            list(train_set.classes), result.l2)
+        result.mislabels["seconds"] = round(time.time() - t0, 2)
+        audited = f", mislabel check {result.mislabels['seconds']:.1f}s"
     result.seconds = time.time() - start
     logger.info(f"  {desc}: linear probe on {train[0].shape[1]} frozen features of {len(train_set)} images: "
                 f"val {result.val_top1:.2f}% (l2 {result.l2:g}; features {extract:.1f}s, fit "
-                f"{result.seconds - extract:.1f}s)")
+                f"{result.seconds - extract:.1f}s{audited})")
     return result

@@ -70,7 +70,7 @@ def transfer(model, probe_sets: tuple, ft: Finetune, device, train_fn: Callable[
     probe = None
     if probed:
         probe = linear_probe(model, probe_sets[0], probe_sets[1], device, ft.probe_l2, "finetune",
-                             find_lookalikes=True)
+                             audit_data=True)
         record["probe"] = probe.to_dict()
     if strategy == Strategy.auto:
         classes = len(probe_sets[0].classes)
