@@ -194,6 +194,7 @@ def score_target(cand: Candidate, target: Target, cfg: Config, val: ValImages, m
               "compile_s": settings.get("compile_seconds"),
               "val_split": val.fingerprint, "input_size": cand.preprocessing.input_size,
               "accuracy_seconds": round(time.perf_counter() - t0, 2),
+              "predictions": preds.tolist(),      # class id per val image, for the per-class view
               "methodology": _methodology(cand, target, val, chunk, settings)}
     out: list[dict | Pending] = []
     for batch in bench.batch_sizes:

@@ -66,6 +66,9 @@ def render(report: dict, plots: dict[str, bytes]) -> str:
         data = base64.b64encode(png).decode("ascii")
         parts += [f"<h2>{_e(PLOTS.get(name, name))}</h2>",
                   f'<img alt="{_e(PLOTS.get(name, name))}" src="data:image/png;base64,{data}">']
+    if report.get("per_class"):
+        from pipeline.report.per_class import per_class_table
+        parts += ["<h2>Per class</h2>", _table(*per_class_table(report["per_class"]))]
     parts.append("<h2>Environment</h2><ul>" + "".join(
         f"<li>{_e(line)}</li>" for line in tables.environment_lines(report["environment"])) + "</ul>")
     parts.append("<details><summary>Full environment record</summary><pre>"

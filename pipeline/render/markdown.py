@@ -5,7 +5,10 @@ from pipeline.measure.accuracy_interval import describe
 from pipeline.render import tables
 
 PLOTS = {"accuracy_vs_p90": "Accuracy vs p90 latency (Pareto front marked)",
-         "latency_per_stage": "Latency per stage", "size_per_stage": "Size per stage"}
+         "latency_per_stage": "Latency per stage", "size_per_stage": "Size per stage",
+         "confusion": "Confusion matrices on val (teacher and deployed)",
+         "mislabel_suspects": "Likely mislabels (data audit)",
+         "near_copies": "Near copies and look-alikes beside their training image (data audit)"}
 
 
 def md_table(headers, lines) -> str:
@@ -129,6 +132,8 @@ def render(report: dict, plot_files: dict[str, str] | None = None) -> str:
     out += _speedups(report)
     out += _notes(report.get("upstream") or {})
     from pipeline.report.data_audit import audit_lines
+    from pipeline.report.per_class import per_class_lines
+    out += per_class_lines(report.get("per_class"))
     out += audit_lines((report.get("upstream") or {}).get("data_audit"))
     out += ["## Environment", "", *[f"- {line}" for line in tables.environment_lines(report["environment"])], ""]
     out += _methodology(report)

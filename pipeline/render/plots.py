@@ -2,7 +2,9 @@
 
 accuracy_vs_p90: every measured row on the headline's device and batch, Pareto front marked;
 latency_per_stage: p50 and p90 of those rows in pipeline order, coloured by stage;
-size_per_stage: size on disk of each artifact, coloured by stage.
+size_per_stage: size on disk of each artifact, coloured by stage;
+confusion: the teacher's and the deployed model's confusion matrices on val (pipeline.report.per_class);
+mislabel_suspects, near_copies: the data audit's findings as pictures (pipeline.render.thumbnails).
 """
 from __future__ import annotations
 
@@ -143,8 +145,42 @@ def size_per_stage(rows: list[dict], title: str) -> bytes:
     return _png(fig)
 
 
-def render_all(report: dict) -> dict[str, bytes]:
-    """The three plots by name; empty when nothing was measured."""
+def confusion_matrices(view: dict) -> bytes | None:
+    """The teacher's and the deployed model's confusion matrices side by side (counts of val
+    images, rows the true class), each class's accuracy beside its row."""
+    import matplotlib.pyplot as plt
+    models = [(k, view[k]) for k in ("teacher", "deployed") if view.get(k)]
+    if not models:
+        return None
+    classes = view["classes"]
+    n = len(classes)
+    side = max(3.2, 0.45 * n + 1.6)
+    fig, axes = plt.subplots(1, len(models), figsize=(side * len(models) + 1.0, side), squeeze=False)
+    for ax, (kind, m) in zip(axes[0], models):
+        matrix = m["confusion"]
+        ax.imshow(matrix, cmap="Blues")
+        peak = max(max(r) for r in matrix) or 1
+        if n <= 20:                                    # numbers stay readable up to about 20 classes
+            for i in range(n):
+                for j in range(n):
+                    if matrix[i][j]:
+                        ax.text(j, i, matrix[i][j], ha="center", va="center", fontsize=7.5,
+                                color="white" if matrix[i][j] > peak / 2 else "black")
+        labels = [f"{c} ({'-' if a is None else f'{a:.0f}%'})" for c, a in zip(classes, m["accuracy"])]
+        ax.set_yticks(range(n))
+        ax.set_yticklabels(labels if n <= 40 else [], fontsize=7.5)
+        ax.set_xticks(range(n))
+        ax.set_xticklabels(classes if n <= 40 else [], fontsize=7.5, rotation=45, ha="right")
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class (val top-1 of the class)")
+        ax.set_title(f"{kind}: {m['artifact']}", fontsize=9)
+    fig.suptitle("Confusion matrices on val", fontsize=10)
+    return _png(fig)
+
+
+def render_all(report: dict, data_root: str | None = None) -> dict[str, bytes]:
+    """The plots by name; empty when nothing was measured. With `data_root` (an ImageFolder
+    tree), also pictures of the data audit's likely mislabels and near copies."""
     import matplotlib
     matplotlib.use("Agg")
     rows = _selected(report)
@@ -152,6 +188,15 @@ def render_all(report: dict) -> dict[str, bytes]:
         return {}
     where = f"{rows[0]['device_family']}, batch {rows[0]['batch']}"
     all_ok = [r for r in report["rows"] if r["status"] == "ok"]
-    return {"accuracy_vs_p90": accuracy_vs_latency(rows, f"Accuracy vs p90 latency ({where})"),
-            "latency_per_stage": latency_per_stage(rows, f"Latency per stage ({where})"),
-            "size_per_stage": size_per_stage(all_ok, "Size on disk per stage")}
+    out = {"accuracy_vs_p90": accuracy_vs_latency(rows, f"Accuracy vs p90 latency ({where})"),
+           "latency_per_stage": latency_per_stage(rows, f"Latency per stage ({where})"),
+           "size_per_stage": size_per_stage(all_ok, "Size on disk per stage")}
+    extra = {}
+    if report.get("per_class"):
+        extra["confusion"] = confusion_matrices(report["per_class"])
+    audit = (report.get("upstream") or {}).get("data_audit")
+    if audit and data_root:
+        from pipeline.render.thumbnails import pairs_picture, suspects_picture
+        extra["mislabel_suspects"] = suspects_picture(audit, data_root)
+        extra["near_copies"] = pairs_picture(audit, data_root)
+    return {**out, **{k: v for k, v in extra.items() if v}}

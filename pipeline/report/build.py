@@ -8,6 +8,7 @@ from pipeline.measure.artifacts import TEACHER
 from pipeline.report.claims import int8_not_shipped, noisy_host, speedup_claims
 from pipeline.report.headline import headlines
 from pipeline.report.pareto import mark_pareto
+from pipeline.report.per_class import per_class_view
 from pipeline.measure.targets import device_family, is_reference
 from pipeline.report.upstream import upstream_notes
 from pipeline.stage_order import STAGE_NAMES
@@ -57,6 +58,12 @@ def build_report(results: dict, inputs: dict[str, Manifest], cfg: Config) -> dic
     for r in rows:
         r["deployed"] = bool(primary) and r["id"] == primary["deployed"]
     bench = inputs.get("benchmark")
+    upstream = upstream_notes(inputs)
+    view = per_class_view(rows, results.get("val_labels"),
+                          (upstream.get("data_audit") or {}).get("class_counts"),
+                          cfg.benchmark.deploy_tolerance)
+    if view and view["warning"]:
+        upstream["warnings"].append(view["warning"])
     return {"schema": SCHEMA, "run": cfg.run.name,
             "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "benchmark_key": bench.key if bench else None,
@@ -67,4 +74,5 @@ def build_report(results: dict, inputs: dict[str, Manifest], cfg: Config) -> dic
             "noise_floor": floor, "host_load": results.get("host_load"),
             "noisy_host": noisy,
             "speedups": claims,
-            "upstream": upstream_notes(inputs)}
+            "per_class": view,
+            "upstream": upstream}

@@ -2,6 +2,8 @@
 when val holds copies of training images (the val accuracy every number rests on counts them)."""
 from __future__ import annotations
 
+SUSPECTS_LISTED = 10
+
 
 def audit_notes(metrics: dict) -> tuple[dict | None, list[str]]:
     """(the audit record for the report, warnings); (None, []) when the finetune stage recorded
@@ -41,4 +43,20 @@ def audit_lines(audit: dict | None) -> list[str]:
     out += [f"- near copy: `{p['val']}` ~ `{p['train']}` ({p['bits']} bits)" for p in near]
     out += [f"- look-alike: `{p['val']}` ~ `{p['train']}` (cosine {p['similarity']:.2f}, margin "
             f"{p['margin']:.2f})" for p in alike]
+    out += _mislabel_lines(audit.get("mislabels"))
+    out += [f"- excluded (data.exclude): `{rel}`" for rel in audit.get("excluded") or []]
     return out + [""]
+
+
+def _mislabel_lines(found: dict | None) -> list[str]:
+    """The likely mislabels, first `SUSPECTS_LISTED`, after a sentence saying how they were found."""
+    if not found:
+        return []
+    suspects = found.get("suspects") or []
+    out = ["", f"{found.get('count', len(suspects))} likely mislabels ({found.get('method')}); "
+               f"the first {min(len(suspects), SUSPECTS_LISTED)} by margin, for a person to look at "
+               f"(`data.exclude` leaves out the wrong ones):", ""]
+    out += [f"- likely mislabel: `{s['path']}` labelled {s['label']}, looks {s['predicted']} "
+            f"(probability {s['confidence']:.2f}, margin {s['margin']:.2f})"
+            for s in suspects[:SUSPECTS_LISTED]]
+    return out

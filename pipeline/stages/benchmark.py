@@ -35,6 +35,15 @@ def params(cfg: Config) -> dict:
     return out
 
 
+def val_labels(cfg: Config) -> dict:
+    """The classes and the label of each val image the rows scored, in order: with each row's
+    `predictions`, the report's per-class accuracy and confusion matrices."""
+    from pipeline.data import load_splits
+    val = load_splits(cfg.data, cfg.run.seed, cfg.run.store).val
+    n = len(val) if cfg.benchmark.accuracy_images is None else min(cfg.benchmark.accuracy_images, len(val))
+    return {"classes": list(val.classes), "targets": [int(t) for t in val.targets[:n]]}
+
+
 def run(ctx: Context) -> Result:
     from runtimes.environment import describe_environment as describe
     from pipeline.measure.noise import index_rows
@@ -54,6 +63,7 @@ def run(ctx: Context) -> Result:
     results = {"rows": rows, "noise_floor": floor, "host_load": host,
                "environment": describe(ctx.cfg.benchmark.threads),
                "benchmark": ctx.cfg.benchmark.model_dump(mode="json"),
+               "val_labels": val_labels(ctx.cfg),
                "seconds": round(time.time() - started, 2)}
     path = ctx.out_dir / RESULTS
     path.write_text(json.dumps(results, indent=2, default=str))

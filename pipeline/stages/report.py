@@ -32,7 +32,7 @@ def run(ctx: Context) -> Result:
     report = build_report(results, ctx.inputs, ctx.cfg)
     out = ctx.out_dir
     outputs = {}
-    pngs = plots.render_all(report)
+    pngs = plots.render_all(report, ctx.cfg.data.root)
     plot_files = {}
     for name, png in pngs.items():
         (out / f"{name}.png").write_bytes(png)
