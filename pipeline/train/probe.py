@@ -132,6 +132,7 @@ def linear_probe(model, train_set, val_set, device, l2_grid: list[float], desc: 
     extract = time.time() - start
     result = fit_probe(train, val, len(train_set.classes), l2_grid)
     load_head(model, result)
+    fitted = time.time() - start - extract
     audited = ""
     if audit_data:
         from pipeline.train.lookalikes import lookalikes
@@ -148,5 +149,5 @@ def linear_probe(model, train_set, val_set, device, l2_grid: list[float], desc: 
     result.seconds = time.time() - start
     logger.info(f"  {desc}: linear probe on {train[0].shape[1]} frozen features of {len(train_set)} images: "
                 f"val {result.val_top1:.2f}% (l2 {result.l2:g}; features {extract:.1f}s, fit "
-                f"{result.seconds - extract:.1f}s{audited})")
+                f"{fitted:.1f}s{audited})")
     return result
