@@ -155,7 +155,7 @@ def confusion_matrices(view: dict) -> bytes | None:
     classes = view["classes"]
     n = len(classes)
     side = max(3.2, 0.45 * n + 1.6)
-    fig, axes = plt.subplots(1, len(models), figsize=(side * len(models) + 1.0, side), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(side * len(models) + 1.6, side), squeeze=False)
     for ax, (kind, m) in zip(axes[0], models):
         matrix = m["confusion"]
         ax.imshow(matrix, cmap="Blues")
@@ -172,8 +172,8 @@ def confusion_matrices(view: dict) -> bytes | None:
         ax.set_xticks(range(n))
         ax.set_xticklabels(classes if n <= 40 else [], fontsize=7.5, rotation=45, ha="right")
         ax.set_xlabel("predicted class")
-        ax.set_ylabel("true class (val top-1 of the class)")
         ax.set_title(f"{kind}: {m['artifact']}", fontsize=9)
+    axes[0][0].set_ylabel("true class (val top-1 of the class)")
     fig.suptitle("Confusion matrices on val", fontsize=10)
     return _png(fig)
 
