@@ -86,8 +86,8 @@ test-deps: ## install what the tests need beyond Python packages (openssh-server
 # against was OpenVINO's CPU plugin restoring an unmapped signal stack when Cores were freed out
 # of order; runtimes/openvino_runtime.core() keeps one Core per process, and
 # tests/test_openvino_signal_stack.py holds that.)
-test: setup test-deps ## run the test suite (file by file after a crash)
-	@$(PY) -X faulthandler -m pytest -q -p no:cacheprovider; rc=$$?; \
+test: setup test-deps ## run the test suite (file by file after a crash); ends with the 20 slowest tests
+	@$(PY) -X faulthandler -m pytest -q -p no:cacheprovider --durations=20; rc=$$?; \
 	if [ $$rc -lt 128 ]; then exit $$rc; fi; \
 	echo "make test: the test interpreter died (exit $$rc); running each file in its own interpreter"; \
 	failed=""; for f in tests/test_*.py; do \
