@@ -296,6 +296,9 @@ def test_finetune_manifest_records_the_audit_and_the_lookalikes(root, tmp_path):
     assert (first["val"], first["train"]) == ("val/daisy/leaked.jpg", DAISY)
     assert first["similarity"] == pytest.approx(1.0, abs=1e-4)
     assert all(p["margin"] < first["margin"] for p in audit["lookalikes"][1:])
+    # the same features' mislabel check, and the images per class and split, are recorded beside
+    assert {"method", "thresholds", "count", "suspects"} <= set(audit["mislabels"])
+    assert sum(audit["class_counts"]["val"].values()) == 10 and audit["excluded"] == []
 
 
 def test_report_section_and_warning_from_the_finetune_record(root):
