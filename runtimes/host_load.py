@@ -39,24 +39,43 @@ def cpu_times(text: str | None = None) -> dict | None:
             "total": sum(v), "cpus": sum(1 for ln in text.splitlines() if ln[:3] == "cpu" and ln[3:4].isdigit())}
 
 
-def _process_ticks(pid: str = "self") -> int | None:
-    raw = _read(f"/proc/{pid}/stat")
-    if not raw:
-        return None
-    fields = raw.rsplit(")", 1)[-1].split()
-    return int(fields[11]) + int(fields[12])          # utime + stime
-
-
-def _processes() -> dict[int, tuple[str, int]]:
-    """pid -> (name, CPU ticks so far) of every process readable here."""
+def _processes() -> dict[int, tuple[str, int, int]]:
+    """pid -> (name, CPU ticks so far, parent pid) of every process readable here."""
     out = {}
     for entry in os.scandir("/proc") if os.path.isdir("/proc") else ():
         if entry.name.isdigit():
             raw = _read(f"/proc/{entry.name}/stat")
             if raw and ")" in raw:
                 fields = raw.rsplit(")", 1)[-1].split()
-                out[int(entry.name)] = (raw[raw.find("(") + 1:raw.rfind(")")], int(fields[11]) + int(fields[12]))
+                out[int(entry.name)] = (raw[raw.find("(") + 1:raw.rfind(")")], int(fields[11]) + int(fields[12]),
+                                        int(fields[1]))
     return out
+
+
+def _family(procs: dict[int, tuple[str, int, int]], root: int) -> set[int]:
+    """`root` and every live process descending from it (the benchmark's worker processes)."""
+    children: dict[int, list[int]] = {}
+    for pid, (_, _, ppid) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    family, todo = {root}, [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in family:
+                family.add(child)
+                todo.append(child)
+    return family
+
+
+def _own_ticks() -> int | None:
+    """CPU ticks of this process, its live descendants and its reaped children: the benchmark's
+    own work, wherever it ran (rows are timed in worker processes)."""
+    raw = _read("/proc/self/stat")
+    if not raw:
+        return None
+    fields = raw.rsplit(")", 1)[-1].split()
+    reaped = int(fields[13]) + int(fields[14])               # cutime + cstime
+    procs = _processes()
+    return reaped + sum(procs[pid][1] for pid in _family(procs, os.getpid()) if pid in procs)
 
 
 def _frequency_mhz() -> float | None:
@@ -72,7 +91,7 @@ def snapshot() -> dict:
     """Readings at one moment: load average (1 min), mean CPU frequency, CPU and own ticks."""
     load = (_read("/proc/loadavg") or "").split()
     return {"time": time.time(), "loadavg_1m": float(load[0]) if load else None,
-            "frequency_mhz": _frequency_mhz(), "cpu": cpu_times(), "self_ticks": _process_ticks()}
+            "frequency_mhz": _frequency_mhz(), "cpu": cpu_times(), "self_ticks": _own_ticks()}
 
 
 def interval(a: dict, b: dict) -> dict:
@@ -118,9 +137,9 @@ class HostLoadMonitor:
 
 
 def _busiest(before: dict, after: dict, seconds: float, top: int = 5) -> list[dict]:
-    me = os.getpid()
+    own = _family(after, os.getpid())
     used = [(pid, name, (ticks - before[pid][1]) / TICKS / seconds)
-            for pid, (name, ticks) in after.items() if pid in before and pid != me]
+            for pid, (name, ticks, _) in after.items() if pid in before and pid not in own]
     used = sorted((u for u in used if u[2] >= 0.05), key=lambda u: -u[2])[:top]
     return [{"pid": pid, "name": name, "cores": round(c, 2)} for pid, name, c in used]
 

@@ -230,6 +230,19 @@ def test_host_load_interval_from_proc_stat_text():
     assert d == {"others_cores": 0.75, "self_cores": 0.5, "steal_share": 0.125}
 
 
+def test_work_in_child_processes_is_the_benchmarks_own_not_other_processes():
+    """Rows are timed in worker processes: their CPU is the benchmark's own, never "other processes"."""
+    import subprocess
+    import sys
+    from runtimes.host_load import HostLoadMonitor
+    monitor = HostLoadMonitor(period_s=0.5, usable_cores=2).start()
+    child = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 2\nwhile time.time() < end: pass"])
+    child.wait()
+    record = monitor.stop()
+    assert record["during"]["self_cores"] >= 0.5          # the child's two busy seconds
+    assert child.pid not in [p["pid"] for p in record["busiest_others"]]
+
+
 def test_int8_not_faster_says_why_for_the_cpu_and_the_headline_repeats_it():
     from pipeline.render.markdown import _speedups
     from pipeline.report.claims import int8_not_shipped, speedup_claims
