@@ -8,7 +8,8 @@ torch model arriving pickled brings torch in). Models are loaded and run through
 
 Requests are tuples on a multiprocessing connection; every reply is ("ok", value) or
 ("error", "Type: message", traceback text):
-    ("open", key, model, format, runtime, device, threads, precision, pin) -> {"settings", "fixed_batch", "chunk", "peak_rss_scope"}
+    ("open", key, model, format, runtime, device, threads, precision, pin)
+                                            -> {"settings", "fixed_batch", "chunk_limit", "peak_rss_scope", "cuda_events"}
     ("run", key, batch)                                                  -> logits
     ("time", key, batch, warmup, min_iterations, min_seconds)            -> runtimes.harness.LatencyStats
     ("settings", key)                                                    -> the loaded model's settings now
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import traceback
 
-ACCURACY_CHUNK = 64
+NO_LIMIT = 1 << 30   # asked of Loaded.chunk, it returns the format's and runtime's own limit
 
 
 def _reset_peak_rss() -> bool:
@@ -44,7 +45,7 @@ def _handle(loaded: dict, request: tuple):
         model_ = open_model(model, fmt, runtime, device, threads, precision, pin=pin)
         loaded[key] = model_
         return {"settings": model_.settings, "fixed_batch": model_.fixed_batch,
-                "chunk": model_.chunk(ACCURACY_CHUNK), "peak_rss_scope": scope,
+                "chunk_limit": model_.chunk(NO_LIMIT), "peak_rss_scope": scope,
                 "cuda_events": hasattr(model_.session, "cuda_stream")}
     if op == "run":
         key, batch = args

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.report.per_class import (class_accuracy, confusion, few_images_warning,
-                                       per_class_lines, per_class_view)
+from pipeline.render.markdown import _per_class as per_class_lines
+from pipeline.report.per_class import class_accuracy, confusion, few_images_warning, per_class_view
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = REPO / "tests" / "data" / "flowers-mini"

@@ -10,7 +10,7 @@ Workers are started with "spawn": a fresh interpreter, nothing inherited but the
 from __future__ import annotations
 
 import multiprocessing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -65,10 +65,9 @@ class RemoteModel:
     key: str
     runtime: str
     fixed_batch: int | None
-    preferred_chunk: int
+    chunk_limit: int              # images per call the format and runtime allow (Loaded.chunk)
     cuda_events: bool
     peak_rss_scope: str
-    opened_settings: dict = field(default_factory=dict)
 
     @property
     def settings(self) -> dict:
@@ -82,7 +81,7 @@ class RemoteModel:
         """Nothing to wait for: the worker synchronises before it answers a run."""
 
     def chunk(self, preferred: int) -> int:
-        return self.fixed_batch or min(preferred, self.preferred_chunk)
+        return self.fixed_batch or min(preferred, self.chunk_limit)
 
     def time(self, batch: np.ndarray, warmup: int, min_iterations: int, min_seconds: float):
         """runtimes.harness.measure of this model in its worker: a LatencyStats."""
@@ -118,5 +117,5 @@ class Workers:
         self._count += 1
         key = f"m{self._count}"
         info = worker.ask("open", key, model, fmt, runtime, device, threads, precision, pin)
-        return RemoteModel(worker, key, runtime, info["fixed_batch"], info["chunk"],
-                           info["cuda_events"], info["peak_rss_scope"], info["settings"])
+        return RemoteModel(worker, key, runtime, info["fixed_batch"], info["chunk_limit"],
+                           info["cuda_events"], info["peak_rss_scope"])

@@ -11,6 +11,17 @@ PLOTS = {"accuracy_vs_p90": "Accuracy vs p90 latency (Pareto front marked)",
          "near_copies": "Near copies and look-alikes beside their training image (data audit)"}
 
 
+def _per_class(view: dict | None) -> list[str]:
+    """The per-class counts and accuracies as one table, then the warning."""
+    if not view:
+        return []
+    from pipeline.report.per_class import per_class_table
+    out = ["## Per class", "", md_table(*per_class_table(view)), ""]
+    if view.get("warning"):
+        out += [f"**Warning:** {view['warning']}.", ""]     # also among the report's warnings
+    return out
+
+
 def md_table(headers, lines) -> str:
     def esc(cell) -> str:
         return str(cell).replace("|", "\\|").replace("\n", " ")
@@ -132,8 +143,7 @@ def render(report: dict, plot_files: dict[str, str] | None = None) -> str:
     out += _speedups(report)
     out += _notes(report.get("upstream") or {})
     from pipeline.report.data_audit import audit_lines
-    from pipeline.report.per_class import per_class_lines
-    out += per_class_lines(report.get("per_class"))
+    out += _per_class(report.get("per_class"))
     out += audit_lines((report.get("upstream") or {}).get("data_audit"))
     out += ["## Environment", "", *[f"- {line}" for line in tables.environment_lines(report["environment"])], ""]
     out += _methodology(report)

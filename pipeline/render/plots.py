@@ -8,8 +8,7 @@ mislabel_suspects, near_copies: the data audit's findings as pictures (pipeline.
 """
 from __future__ import annotations
 
-import io
-
+from pipeline.render.png import png as _png
 from pipeline.report.build import STAGE_ORDER
 
 STAGE_COLOURS = {"finetune": "#4c72b0", "distill": "#dd8452", "prune": "#55a868",
@@ -32,14 +31,6 @@ def _selected(report: dict) -> list[dict]:
         return []
     first = ok[0]
     return [r for r in ok if r["device_family"] == first["device_family"] and r["batch"] == first["batch"]]
-
-
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def _ms_text(v: float) -> str:

@@ -26,7 +26,7 @@ def _open(root: Path, rel: str, size: int = 256):
 def suspects_picture(audit: dict, data_root: str | Path) -> bytes | None:
     """The first likely mislabels, each titled with its label and the class the features saw."""
     import matplotlib.pyplot as plt
-    from pipeline.render.plots import _png
+    from pipeline.render.png import png as _png
     root = Path(data_root).expanduser()
     shown = [(s, im) for s in ((audit.get("mislabels") or {}).get("suspects") or [])[:SUSPECTS_SHOWN]
              if (im := _open(root, s["path"])) is not None]
@@ -49,7 +49,7 @@ def pairs_picture(audit: dict, data_root: str | Path) -> bytes | None:
     """Near copies (perceptual hash) and look-alikes (frozen features): val image beside the
     training image it resembles."""
     import matplotlib.pyplot as plt
-    from pipeline.render.plots import _png
+    from pipeline.render.png import png as _png
     root = Path(data_root).expanduser()
     pairs = [(p["val"], p["train"], f"near copy, {p['bits']} bits")
              for p in (audit.get("near") or {}).get("pairs") or []]

@@ -82,14 +82,3 @@ def per_class_table(view: dict) -> tuple[list[str], list[list]]:
         lines.append([c, *[view["counts"][s].get(c, 0) for s in splits],
                       *["-" if a is None else f"{a:.1f}" for a in accs]])
     return headers, lines
-
-
-def per_class_lines(view: dict | None) -> list[str]:
-    """Markdown: the counts and accuracies as one table, then the warning."""
-    if not view:
-        return []
-    from pipeline.render.markdown import md_table
-    out = ["## Per class", "", md_table(*per_class_table(view)), ""]
-    if view.get("warning"):
-        out += [f"**Warning:** {view['warning']}.", ""]     # also among the report's warnings
-    return out

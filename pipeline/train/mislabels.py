@@ -39,7 +39,7 @@ def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, classes: int, l2: fl
     """[N, classes] softmax of a logistic probe fitted without the image's own fold, on features
     standardised with the fitting folds' statistics (as `fit_probe` does)."""
     import torch
-    from pipeline.train.probe import fit_logistic
+    from pipeline.train.logistic import fit_logistic
     fold = fold_of(y, folds, seed)
     probs = np.zeros((len(y), classes))
     xs, ys = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.long)

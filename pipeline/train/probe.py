@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from pipeline.train.logistic import fit_logistic
+
 logger = logging.getLogger(__name__)
 
 
@@ -64,22 +66,6 @@ def features(model, dataset, device) -> tuple[torch.Tensor, torch.Tensor]:
     finally:
         hook.remove()
     return torch.cat(captured), targets
-
-
-def fit_logistic(z: torch.Tensor, y: torch.Tensor, classes: int, l2: float):
-    """Multinomial logistic regression on standardised features z (full batch, L-BFGS)."""
-    w = torch.zeros(classes, z.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=500, tolerance_grad=1e-7,
-                            tolerance_change=1e-10, history_size=20, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(z @ w.T + b, y) + 0.5 * l2 * (w * w).sum()
-        loss.backward()
-        return loss
-    opt.step(closure)
-    return w.detach(), b.detach()
 
 
 def _top1(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> float:
