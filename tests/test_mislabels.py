@@ -20,7 +20,6 @@ from pipeline.data import DataWarning, load_splits
 from pipeline.data import imagefolder
 
 REPO = Path(__file__).resolve().parents[1]
-PHOTOS = REPO / "tests" / "data" / "flowers-mini"
 FLOWERS5 = REPO.parent / "shared" / "data" / "flowers5"
 DAISY = "train/daisy/10437754174_22ec990b77_m.jpg"
 FLIPPED = {"train/daisy/100080576_f52e8ee070_n.jpg": "dandelion",
@@ -111,12 +110,7 @@ def test_flipped_flowers5_labels_are_among_the_first_suspects(tmp_path):
 
 
 # ---------------------------------------------------------------- data.exclude
-@pytest.fixture
-def root(tmp_path):
-    imagefolder._checked.clear()
-    out = tmp_path.resolve() / "photos"
-    shutil.copytree(PHOTOS, out)
-    return out
+from test_data_audit import root  # noqa: E402,F401  (the copied photo tree, one fixture for both files)
 
 
 def test_excluded_images_leave_the_splits_and_are_named(root, tmp_path):
