@@ -79,15 +79,19 @@ test-deps: ## install what the tests need beyond Python packages (openssh-server
 	  apt-get install -y openssh-server || echo "test-deps: openssh-server not installed; the target tests will skip"; \
 	fi
 
-# The suite runs in one interpreter: torch, OpenVINO and the shared fixtures load once, which
-# takes about a third off the time of one interpreter per file. If that interpreter dies from a
-# signal (a native crash: exit 128 + signal), every file then runs in its own interpreter, so the
-# crash cannot hide the other files' results, and the target fails. (The crash this guards
-# against was OpenVINO's CPU plugin restoring an unmapped signal stack when Cores were freed out
-# of order; runtimes/openvino_runtime.core() keeps one Core per process, and
-# tests/test_openvino_signal_stack.py holds that.)
+# The suite runs in TEST_WORKERS pytest-xdist workers: most tests run one thread (the tiny configs
+# set run.threads=1), so two workers keep a 2-core runner busy. Each test file stays in one worker
+# (tests/conftest.py), so torch, OpenVINO and the shared fixtures load once per worker; a worker
+# that dies from a signal fails its test and is replaced, so the other files' results stand. If
+# pytest itself dies (exit 128 + signal), every file then runs in its own interpreter and the
+# target fails. (The crash this guards against was OpenVINO's CPU plugin restoring an unmapped
+# signal stack when Cores were freed out of order; runtimes/openvino_runtime.core() keeps one
+# Core per process, and tests/test_openvino_signal_stack.py holds that.) TEST_WORKERS=0 runs the
+# suite in one interpreter.
+TEST_WORKERS ?= 2
+
 test: setup test-deps ## run the test suite (file by file after a crash); ends with the 20 slowest tests
-	@$(PY) -X faulthandler -m pytest -q -p no:cacheprovider --durations=20; rc=$$?; \
+	@$(PY) -X faulthandler -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --durations=20; rc=$$?; \
 	if [ $$rc -lt 128 ]; then exit $$rc; fi; \
 	echo "make test: the test interpreter died (exit $$rc); running each file in its own interpreter"; \
 	failed=""; for f in tests/test_*.py; do \

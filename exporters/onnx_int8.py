@@ -167,6 +167,56 @@ def keep_layers_float(model, names: Iterable[str]) -> list[str]:
     return rewired
 
 
+def unsigned_activations(model) -> int:
+    """Re-encode every int8 activation Q/DQ pair as uint8 (zero point + 128, same scale), in place;
+    returns how many quantizers changed.
+
+    Exact: each quantized value moves by 128 together with its zero point, over the same 256
+    levels. NNCF writes int8 wherever a calibrated range dips below zero; ONNX Runtime's x86 CPU
+    kernels fuse only uint8 activations with int8 weights into QLinearConv, so an int8 activation
+    leaves its convolution in float, dequantizing the weights on every call. On an AVX2 CPU
+    without VNNI, NNCF's efficientnet_lite0 ran 0.16x the speed of FP32 in ONNX Runtime; with
+    unsigned (and per-tensor) activations all 49 convolutions fuse and it runs 1.3x.
+    """
+    import numpy as np
+    from onnx import TensorProto, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    typed = {v.name: v for v in model.graph.value_info}
+    readers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    pairs = {}                                  # Q name -> (Q, its DQs, the zero points they read)
+    for q in model.graph.node:
+        zp = inits.get(q.input[2]) if q.op_type == "QuantizeLinear" and len(q.input) > 2 else None
+        if zp is None or numpy_helper.to_array(zp).dtype != np.int8 or q.input[0] in inits:
+            continue                            # a weight (constant input) or already unsigned
+        dqs = readers.get(q.output[0], [])
+        if dqs and all(d.op_type == "DequantizeLinear" and len(d.input) > 2 for d in dqs):
+            pairs[q.name] = (q, dqs, {q.input[2], *(d.input[2] for d in dqs)})
+    # A zero point may be shared (ONNX Runtime's quantizer shares one across a Reshape), but only
+    # among pairs that all move: one read by anything else (a weight's DQ, say) keeps its pairs signed.
+    while True:
+        members = {id(n) for q, dqs, _ in pairs.values() for n in (q, *dqs)}
+        stuck = [k for k, (_, _, names) in pairs.items()
+                 if any(id(r) not in members for n in names for r in readers[n])]
+        if not stuck:
+            break
+        for k in stuck:
+            del pairs[k]
+    moved = set()
+    for q, _, names in pairs.values():
+        for name in names - moved:
+            values = numpy_helper.to_array(inits[name])
+            inits[name].CopyFrom(numpy_helper.from_array((values.astype(np.int16) + 128).astype(np.uint8), name))
+            moved.add(name)
+        for name in (*names, q.output[0]):
+            if name in typed:                   # shape inference recorded the int8 type
+                typed[name].type.tensor_type.elem_type = TensorProto.UINT8
+    return len(pairs)
+
+
 def _drop_dead_qdq(model) -> None:
     """Remove Q/DQ nodes whose outputs nobody reads any more, and the scales only they used."""
     orphans: set[str] = set()

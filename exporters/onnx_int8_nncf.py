@@ -23,6 +23,7 @@ from exporters.onnx_int8 import (
     parse_enum,
     qdq_summary,
     single_input_name,
+    unsigned_activations,
 )
 from runtimes.environment import cpu_has_vnni
 from runtimes.errors import Unavailable
@@ -121,6 +122,10 @@ def quantize_onnx_nncf(
         overflow_fix=overflow_fix,
         activations_range_estimator_params=estimator,
         weights_quantization_params=QuantizationParameters(per_channel=per_channel),
+        # One scale per activation tensor: what ONNX Runtime's QLinearConv and TensorRT accept.
+        # NNCF's CPU default gives a depthwise convolution's input a scale per channel, which
+        # OpenVINO runs but which leaves both convolutions around it in float in ONNX Runtime.
+        activations_quantization_params=QuantizationParameters(per_channel=False),
     )
     quantized = nncf.quantize(
         model,
@@ -132,6 +137,8 @@ def quantize_onnx_nncf(
         advanced_parameters=advanced,
     )
 
+    # NNCF writes int8 activations where a range dips below zero; the u8 schemes' kernels want uint8.
+    unsigned = unsigned_activations(quantized) if chosen is not QuantScheme.S8S8 else 0
     rewired = keep_layers_float(quantized, excluded)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out_path.stem}.", suffix=".onnx", dir=out_path.parent)
@@ -156,6 +163,7 @@ def quantize_onnx_nncf(
         "bias_correction": "fast" if fast_bias_correction else "full",
         "excluded_nodes": excluded,
         "float_inputs_rewired": rewired,
+        "activations_made_unsigned": unsigned,
         "calibration_samples": len(source),
         "calibration_fingerprint": source.fingerprint,
         "calibration_cache": "off" if calibration_cache is None else "not supported by NNCF: recalibrated",

@@ -316,8 +316,9 @@ class Quantize(Strict):
                     "with FP32 on augmented training views ([] to skip)")
     selection_views: int = Field(256, ge=1, description="augmented training views that choose among the variants")
     max_float_layers: int = Field(10, ge=0, description="most layers the accuracy search keeps in float")
-    rank_candidates: int = Field(12, ge=1, description="layers ranked by reverting each (the noisiest by a "
-                                 "cheap proxy; each costs one quantization)")
+    rank_candidates: int = Field(64, ge=1, description="layers ranked by reverting each, each costing one "
+                                 "quantization (with more layers: the first and last, then the noisiest by "
+                                 "a cheap rounding-noise proxy)")
     sensitivity_samples: int = Field(256, ge=1, description="val images the layer ranking looks for flips in")
     qat: QAT = QAT()
 

@@ -54,10 +54,13 @@ def plan(target: str | None, stages: tuple[Stage, ...] = STAGES) -> list[Stage]:
 
 
 def stage_key(stage: Stage, cfg: Config, inputs: dict[str, Manifest]) -> str:
-    """Content key: stage name + version, its params, the hashes of its inputs (+ environment)."""
+    """Content key: stage name + version, its params, its inputs' hashes and metadata (+ environment).
+
+    The metadata counts: the same INT8 bytes, once within the quantize budget and once marked
+    not deployable, must not share a benchmark and report."""
     material = {
         "stage": stage.name, "version": stage.version, "params": stage.params(cfg),
-        "inputs": {d: {k: a.sha256 for k, a in sorted(m.outputs.items())}
+        "inputs": {d: {k: [a.sha256, a.metadata] for k, a in sorted(m.outputs.items())}
                    for d, m in sorted(inputs.items())},
     }
     if stage.machine_dependent:

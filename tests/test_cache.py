@@ -63,6 +63,23 @@ def test_force_reruns_one_stage_and_downstream_stays_cached_when_content_equal(c
     assert [o.status for o in out] == ["cached", "ran", "cached"] and CALLS == ["distill"]
 
 
+def test_the_same_bytes_with_other_metadata_rerun_their_readers(cfg):
+    # An INT8 file marked not deployable has the bytes of the same file within its budget.
+    def distill(ctx):
+        CALLS.append("distill")
+        path = ctx.out_dir / "out.txt"
+        path.write_text("the same bytes")
+        note = {"note": f"temperature {ctx.cfg.distill.temperature}"}
+        return Result({"out": Artifact.of(ctx.out_dir, path, Format.data, note)}, {})
+    stages = (STAGES[0], Stage("distill", 1, ("finetune",), lambda c: {"p": c.distill.temperature}, distill),
+              STAGES[2])
+    runner.run(cfg, stages=stages, log=lambda *_: None)
+    CALLS.clear()
+    cfg.distill.temperature = 7.0
+    out = runner.run(cfg, stages=stages, log=lambda *_: None)
+    assert [o.status for o in out] == ["cached", "ran", "ran"] and CALLS == ["distill", "prune"]
+
+
 def test_target_runs_only_what_it_needs(cfg):
     out = runner.run(cfg, target="distill", stages=STAGES, log=lambda *_: None)
     assert [o.stage for o in out] == ["finetune", "distill"]

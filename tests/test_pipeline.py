@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-CONFIG = "tests/configs/tiny.yaml"
+from conftest import TINY_CONFIG as CONFIG
 
 
 def entry(store: Path, stage: str) -> Path:
@@ -15,16 +15,10 @@ def entry(store: Path, stage: str) -> Path:
     return manifest.parent
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """One full run shared by the tests below (it takes about a minute)."""
-    root = tmp_path_factory.mktemp("pipeline")
-    store = root / "runs"
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "-c", CONFIG, "--set", f"run.store={store}",
-                           "--set", f"check.junit={root / 'junit.xml'}"],
-                          capture_output=True, text=True, cwd=Path(__file__).parent.parent)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return store
+@pytest.fixture
+def store(tiny_store):
+    """The session's whole tiny run (tests/conftest.py)."""
+    return tiny_store
 
 
 @pytest.mark.slow
@@ -87,7 +81,10 @@ def test_an_int8_budget_miss_keeps_the_run_going_to_a_report(store, tmp_path, mo
     monkeypatch.setattr(search, "within", lambda drop, max_drop: False)
     monkeypatch.chdir(Path(__file__).parent.parent)
     args = ["run", "-c", CONFIG, "--set", f"run.store={copy}", "--set", f"check.junit={tmp_path / 'junit.xml'}",
-            "--set", "quantize.max_accuracy_drop=0.5", "--set", "quantize.qat.enabled=false"]
+            "--set", "quantize.max_accuracy_drop=0.5", "--set", "quantize.qat.enabled=false",
+            # the shortest search (the search itself is tests/test_quantize.py's), fewer rows
+            "--set", "quantize.variants=[]", "--set", "quantize.max_float_layers=1",
+            "--set", "quantize.rank_candidates=1", "--set", "benchmark.runtimes=[torch,onnxruntime]"]
     assert main(args) == 0
     out = capsys.readouterr()
     newest = lambda stage, name: max((copy / stage).glob(f"*/{name}"), key=lambda p: p.stat().st_mtime)  # noqa: E731
