@@ -85,6 +85,7 @@ def pytest_xdist_make_scheduler(config, log):
             module = nodeid.split("::", 1)[0].rpartition("/")[2].removesuffix(".py")
             return SHARED_STORES.get(module, module)
 
+    config.option.loadscopereorder = False      # keep the order above: the longest files first
     return SharedStoreScheduling(config, log)
 
 
