@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 from pipeline import config_yaml
 from pipeline.config import Config
 from pipeline.config_limits import check_sizes
-from pipeline.config_yaml import clip, short
+from pipeline.config_yaml import clip, clip_path, short
 from runtimes import errors
 
 
@@ -155,11 +155,11 @@ def _parse_overrides(overrides: list[str]) -> dict[str, tuple[str, Any]]:
 
 def _read(path: Path) -> dict:
     if not path.is_file():
-        raise ConfigError(f"config file '{clip(str(path))}' does not exist (try configs/default.yaml)")
+        raise ConfigError(f"config file '{clip_path(str(path))}' does not exist (try configs/default.yaml)")
     try:
         text = config_yaml.read_text(path)
     except config_yaml.YamlError as e:
-        raise ConfigError(f"config file '{clip(str(path))}' {e}") from None
+        raise ConfigError(f"config file '{clip_path(str(path))}' {e}") from None
     try:
         raw = config_yaml.parse(text)
     except config_yaml.YamlError as e:

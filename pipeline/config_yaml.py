@@ -22,6 +22,11 @@ def clip(text: str, limit: int = SHOWN) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def clip_path(path: str, limit: int = SHOWN) -> str:
+    """`path` cut from the front to `limit` characters, so the file's own name stays in view."""
+    return path if len(path) <= limit else "..." + path[-(limit - 3):]
+
+
 def short(value: Any, limit: int = SHOWN) -> str:
     """`value` as an error message quotes it: YAML spelling for booleans and null, repr for the
     rest, cut to `limit` characters so a huge value cannot flood the terminal."""

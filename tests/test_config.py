@@ -59,12 +59,14 @@ def test_set_override_is_type_checked():
         load_config(None, ["prune.ratio"])
 
 
-def test_imagefolder_needs_root_and_missing_file(tmp_path, monkeypatch):
+def test_imagefolder_needs_root_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="data.root is required when data.kind is 'imagefolder'"):
         load_config(None, ["data.kind=imagefolder"])
-    monkeypatch.chdir(tmp_path)                 # a short path: a long one is shown clipped
-    with pytest.raises(ConfigError, match="config file 'nope.yaml' does not exist"):
-        load_config("nope.yaml")
+    with pytest.raises(ConfigError, match="config file '.*nope.yaml' does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    deep = tmp_path.joinpath(*["a-long-folder-name"] * 8, "nope.yaml")   # a long path keeps its file name
+    with pytest.raises(ConfigError, match=r"config file '\.\.\..*a-long-folder-name/nope.yaml' does not exist"):
+        load_config(deep)
 
 
 @pytest.mark.parametrize("value", ["''", "'  '"])
